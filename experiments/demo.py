@@ -1,0 +1,63 @@
+"""Demo: train the small VLA on the embedded procedural pick-up dataset, on CPU.
+
+The main job of the README (`make demo`). The dataset is generated on first use
+into ~/.cache/vla_jax (or $VLA_JAX_CACHE). A default run takes a few minutes on
+2 CPU cores and should end with a validation action error well under half that
+of always predicting the mean action.
+
+    vla-jax train --config experiments/demo.py --workdir workdirs/demo
+"""
+
+import ml_collections
+
+from vla_jax import sharding
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    del arg
+    config = ml_collections.ConfigDict()
+    config.num_steps = 1000
+    config.batch_size = 32
+    config.seed = 0
+    config.log_every = 50
+    config.eval_every = 250
+    config.checkpoint_every = 250
+    config.keep_checkpoints = 3
+
+    config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1, "expert": 1})
+    config.sharding = ml_collections.ConfigDict()
+    config.sharding.rules = sharding.DEFAULT_RULES
+    config.sharding.fsdp_min_bytes = 4 * 2**20
+
+    config.data = ml_collections.ConfigDict()
+    config.data.dataset = "vla_demo"
+    config.data.data_dir = ""  # empty: the demo cache dir
+    config.data.train_split = "train"
+    config.data.val_split = "val"
+    config.data.normalization = "quantile"
+    config.data.action_horizon = 4
+    config.data.cameras = ("primary", "wrist")
+    config.data.image_size = 64
+    config.data.max_text_length = 24
+    config.data.shuffle_buffer_size = 10_000
+    config.data.val_batches = 16
+
+    config.model = ml_collections.ConfigDict()
+    config.model.width = 128
+    config.model.depth = 3
+    config.model.num_heads = 4
+    config.model.mlp_dim = 256
+    config.model.patch_size = 8
+    config.model.vit_depth = 0
+    config.model.num_readouts = 1
+    config.model.dtype = "float32"
+
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.peak_lr = 1e-3
+    config.optimizer.end_lr = 1e-5
+    config.optimizer.warmup_steps = 50
+    config.optimizer.clip_norm = 1.0
+    config.optimizer.b1 = 0.9
+    config.optimizer.b2 = 0.95
+    config.optimizer.weight_decay = 1e-4
+    return config

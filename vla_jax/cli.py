@@ -1,0 +1,89 @@
+"""The ``vla-jax`` command line.
+
+    vla-jax train --config experiments/demo.py[:arg] [--config.key=value ...] --workdir DIR
+    vla-jax data demo [--data-dir DIR]
+
+Errors the user can fix (bad config key, missing dataset, corrupt cache,
+unusable checkpoint) are printed as one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from vla_jax.errors import VlaJaxError
+
+CONFIG_OVERRIDE_PREFIX = "--config."
+
+
+def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Separates ``--config.a.b=v`` (or ``--config.a.b v``) overrides from other arguments."""
+    rest, overrides = [], []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith(CONFIG_OVERRIDE_PREFIX):
+            key_value = arg[len(CONFIG_OVERRIDE_PREFIX) :]
+            if "=" not in key_value and i + 1 < len(argv):
+                key_value, i = f"{key_value}={argv[i + 1]}", i + 1
+            overrides.append(key_value)
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, overrides
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vla-jax", description="Train and serve vision-language-action policies.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train (or resume) from a config file")
+    train.add_argument("--config", required=True, help="config file, optionally with :arg (experiments/demo.py)")
+    train.add_argument("--workdir", required=True, help="where config.json, metrics.jsonl and checkpoints/ go")
+    train.add_argument("--stop-at", type=int, default=None, help="stop (with a checkpoint) at this step")
+
+    data = commands.add_parser("data", help="dataset tools")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    demo = data_commands.add_parser("demo", help="generate the embedded demo dataset")
+    demo.add_argument("--data-dir", default="", help="where to write it (default: the cache dir)")
+    return parser
+
+
+def _train(args, overrides: list[str]) -> None:
+    from vla_jax import config as config_lib
+
+    config = config_lib.load_config(args.config, overrides)
+    from vla_jax.training import trainer
+
+    trainer.train(config, args.workdir, stop_at_step=args.stop_at)
+
+
+def _data(args) -> None:
+    if args.data_command == "demo":
+        from vla_jax.data import demo
+
+        print(demo.ensure_demo_dataset(args.data_dir or None))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    rest, overrides = _split_overrides(argv)
+    args = _parser().parse_args(rest)
+    if overrides and args.command != "train":
+        _parser().error(f"--config.* overrides only apply to 'train', got {overrides}")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        if args.command == "train":
+            _train(args, overrides)
+        elif args.command == "data":
+            _data(args)
+    except VlaJaxError as e:
+        print(f"vla-jax: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""A thin trajectory-dataset layer over tf.data.
+
+A *trajectory* is a dict of tensors that share a leading time axis ``[T, ...]``;
+a *frame* is one time step of it. RLDS episodes are read with their image
+features left as encoded bytes (decoding comes after the shuffle, on frames).
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Callable
+
+import tensorflow as tf
+
+from vla_jax.errors import DataError
+
+tf.config.set_visible_devices([], "GPU")  # tf.data only: keep accelerators for JAX
+
+Trajectory = dict
+
+
+def _skip_image_decoding(features):
+    """A tfds decoders tree that leaves every Image feature as encoded bytes."""
+    import tensorflow_datasets as tfds
+
+    if isinstance(features, tfds.features.Image):
+        return tfds.decode.SkipDecoding()
+    if isinstance(features, tfds.features.Dataset):
+        return _skip_image_decoding(features.feature)
+    if isinstance(features, tfds.features.FeaturesDict):
+        decoders = {k: _skip_image_decoding(v) for k, v in features.items()}
+        return {k: v for k, v in decoders.items() if v is not None} or None
+    return None
+
+
+def open_builder(builder_dir: str | pathlib.Path, dataset_name: str):
+    """Opens an RLDS builder directory (the one holding ``dataset_info.json``)."""
+    import tensorflow_datasets as tfds
+
+    path = pathlib.Path(builder_dir)
+    if not (path / "dataset_info.json").is_file():
+        raise DataError(
+            f"dataset {dataset_name!r}: no RLDS builder directory at {path} "
+            "(expected a dataset_info.json there; check data.data_dir)"
+        )
+    try:
+        return tfds.builder_from_directory(str(path))
+    except Exception as e:
+        raise DataError(f"dataset {dataset_name!r}: cannot open RLDS builder at {path}: {e}") from None
+
+
+def from_rlds(builder, split: str, *, num_parallel_reads: int = 1) -> tf.data.Dataset:
+    """Episodes of an RLDS split as trajectories; images stay encoded.
+
+    Each element holds the episode's ``steps`` features stacked over time plus
+    ``episode_metadata`` (if the dataset has it), broadcast to every step.
+    """
+    if split not in builder.info.splits:
+        raise DataError(f"dataset {builder.name!r} has no split {split!r}; it has {sorted(builder.info.splits)}")
+    decoders = {"steps": _skip_image_decoding(builder.info.features["steps"])}
+    episodes = builder.as_dataset(
+        split=split,
+        decoders=decoders,
+        shuffle_files=False,
+        read_config=_read_config(num_parallel_reads),
+    )
+
+    def to_trajectory(episode):
+        steps = episode["steps"].batch(2**31 - 1).get_single_element()
+        if "episode_metadata" in episode:
+            length = tf.shape(steps["action"])[0]
+            steps["episode_metadata"] = tf.nest.map_structure(
+                lambda x: tf.repeat(x[None], length, axis=0), episode["episode_metadata"]
+            )
+        return steps
+
+    return episodes.map(to_trajectory, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _read_config(num_parallel_reads: int):
+    import tensorflow_datasets as tfds
+
+    return tfds.ReadConfig(interleave_cycle_length=num_parallel_reads, shuffle_seed=None, try_autocache=False)
+
+
+def traj_map(ds: tf.data.Dataset, fn: Callable[[Trajectory], Trajectory], parallel: bool = True) -> tf.data.Dataset:
+    """Applies ``fn`` to whole trajectories."""
+    calls = tf.data.AUTOTUNE if parallel else None
+    return ds.map(fn, num_parallel_calls=calls, deterministic=True)
+
+
+def flatten(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """Trajectories to a stream of frames, in order."""
+    return ds.flat_map(tf.data.Dataset.from_tensor_slices)
+
+
+def frame_map(ds: tf.data.Dataset, fn: Callable[[dict], dict]) -> tf.data.Dataset:
+    """Applies ``fn`` to single frames (after :func:`flatten`), in parallel, order kept."""
+    return ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -1,0 +1,17 @@
+"""Errors that the command line reports as one clear line instead of a traceback."""
+
+
+class VlaJaxError(Exception):
+    """A user-facing error: bad config, bad data, unusable checkpoint."""
+
+
+class ConfigError(VlaJaxError):
+    """A config file, field or override is wrong."""
+
+
+class DataError(VlaJaxError):
+    """A dataset is missing, malformed or does not match its spec."""
+
+
+class CheckpointError(VlaJaxError):
+    """No usable checkpoint where one was required."""

@@ -1,0 +1,1 @@
+"""Models in Flax NNX. Parameters carry logical axis names (``out_sharding``)."""

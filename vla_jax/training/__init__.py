@@ -1,0 +1,1 @@
+"""Training: optimizer, sharded train state, jitted steps, checkpoints, metrics, the loop."""

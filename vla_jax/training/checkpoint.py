@@ -1,0 +1,95 @@
+"""Orbax checkpoints of the train state, config and dataset statistics.
+
+Each step directory holds composite items: ``state`` (params as plain dicts,
+optimizer state, step), ``config`` (the resolved config), ``dataset_statistics``
+(with their normalization mode) and ``meta`` (package version, data seed).
+Orbax writes a step into a temporary directory and renames it when complete,
+so a save interrupted by a crash or kill is never listed; restore tries the
+newest step first and falls back to older ones if it is unreadable.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+
+import jax
+import orbax.checkpoint as ocp
+
+import vla_jax
+from vla_jax.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+
+class Checkpointer:
+    """Saves and restores train states in ``directory`` (async, keep last N)."""
+
+    def __init__(self, directory: str | pathlib.Path, *, max_to_keep: int, save_interval_steps: int):
+        self.directory = pathlib.Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep,
+            save_interval_steps=save_interval_steps,
+            enable_async_checkpointing=True,
+            create=True,
+            cleanup_tmp_directories=True,
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def save(
+        self, state: dict, *, step: int, config: dict, statistics: dict, data_seed: int, force: bool = False
+    ) -> bool:
+        """Starts an async save at ``step`` if the interval (or ``force``) says so."""
+        meta = {"vla_jax_version": vla_jax.__version__, "step": int(step), "data_seed": int(data_seed)}
+        return self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                config=ocp.args.JsonSave(config),
+                dataset_statistics=ocp.args.JsonSave(statistics),
+                meta=ocp.args.JsonSave(meta),
+            ),
+            force=force,
+        )
+
+    def restore(self, step: int, abstract_state: dict) -> dict:
+        """All items of ``step``; arrays are placed on the shardings of ``abstract_state``."""
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                config=ocp.args.JsonRestore(),
+                dataset_statistics=ocp.args.JsonRestore(),
+                meta=ocp.args.JsonRestore(),
+            ),
+        )
+        return dict(restored)
+
+    def restore_latest(self, abstract_state: dict) -> dict | None:
+        """The newest readable checkpoint, or None if there is none at all.
+
+        An unreadable newest step is reported and skipped for the one before;
+        if steps exist but none can be read, that is an error, not a fresh start.
+        """
+        steps = self.all_steps()
+        failures = []
+        for step in reversed(steps):
+            try:
+                return self.restore(step, abstract_state)
+            except Exception as e:  # a damaged step: say so and try the previous one
+                failures.append(f"step {step}: {type(e).__name__}: {str(e)[:200]}")
+                log.warning("checkpoint step %d in %s is unreadable (%s); trying an older one", step, self.directory, e)
+                if jax.process_index() == 0:
+                    print(f"WARNING: checkpoint step {step} is unreadable; falling back to an older one", flush=True)
+        if steps:
+            raise CheckpointError(f"no readable checkpoint in {self.directory}: " + "; ".join(failures))
+        return None
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()

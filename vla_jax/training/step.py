@@ -1,0 +1,44 @@
+"""Pure, jitted train and eval steps over the plain-pytree train state."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from vla_jax.models.vla import action_errors
+from vla_jax.training.state import StateLayout
+
+
+def make_train_step(layout: StateLayout, optimizer: optax.GradientTransformation, batch_sharding):
+    """``(state, batch) -> (state, metrics)``, jitted with the state donated."""
+
+    def train_step(state: dict, batch: dict) -> tuple[dict, dict]:
+        def loss_fn(params):
+            return nnx.merge(layout.graphdef, params).loss(batch)
+
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+        return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+
+    return jax.jit(
+        train_step,
+        in_shardings=(layout.shardings, batch_sharding),
+        out_shardings=(layout.shardings, None),
+        donate_argnums=(0,),
+    )
+
+
+def make_eval_step(layout: StateLayout, batch_sharding):
+    """``(params, batch) -> sums`` of absolute/squared errors and their counts."""
+
+    def eval_step(params: dict, batch: dict) -> dict:
+        predicted = nnx.merge(layout.graphdef, params)(batch)
+        errors = action_errors(predicted, batch["actions"], batch["action_mask"])
+        count = jnp.sum(batch["action_mask"]) * batch["actions"].shape[-1]
+        return {"abs_sum": errors["mae"] * count, "sq_sum": errors["mse"] * count, "count": count}
+
+    return jax.jit(eval_step, in_shardings=(layout.shardings["params"], batch_sharding))

@@ -1,0 +1,144 @@
+"""The training loop: data, sharded state, jitted steps, validation, checkpoints."""
+
+from __future__ import annotations
+
+import functools
+import json
+import pathlib
+
+import jax
+import ml_collections
+import numpy as np
+
+from vla_jax import config as config_lib
+from vla_jax import sharding
+from vla_jax.data import loader
+from vla_jax.data.statistics import normalize
+from vla_jax.models.vla import IOShapes, build_model
+from vla_jax.tokenizers import ByteTokenizer
+from vla_jax.training import checkpoint, metrics, optimizer, state, step
+
+
+def io_shapes(config: ml_collections.ConfigDict, source: loader.DataSource) -> IOShapes:
+    return IOShapes(
+        cameras=tuple(config.data.cameras),
+        image_size=config.data.image_size,
+        text_vocab_size=ByteTokenizer.vocab_size,
+        text_length=config.data.max_text_length,
+        state_dim=len(source.statistics.state.mean),
+        action_dim=source.spec.action_dim,
+        action_horizon=config.data.action_horizon,
+    )
+
+
+def mean_action_baseline(val: list[dict], source: loader.DataSource, mode: str) -> float:
+    """Mean absolute error of always predicting the training mean action (normalized)."""
+    stats = source.statistics
+    mean = normalize(stats.action.mean, stats.action, mode, stats.action_mask)
+    abs_sum = count = 0.0
+    for batch in val:
+        weight = np.broadcast_to(batch["action_mask"][..., None], batch["actions"].shape)
+        abs_sum += float((np.abs(batch["actions"] - mean) * weight).sum())
+        count += float(weight.sum())
+    return abs_sum / max(count, 1.0)
+
+
+def evaluate(eval_step, params, val_global: list[dict]) -> dict[str, float]:
+    totals = {"abs_sum": 0.0, "sq_sum": 0.0, "count": 0.0}
+    for batch in val_global:
+        out = jax.device_get(eval_step(params, batch))
+        totals = {k: totals[k] + float(out[k]) for k in totals}
+    count = max(totals["count"], 1.0)
+    return {"val_action_error": totals["abs_sum"] / count, "val_action_mse": totals["sq_sum"] / count}
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, stop_at_step: int | None = None) -> dict:
+    """Trains to ``config.num_steps`` (or ``stop_at_step``), resuming from ``workdir``.
+
+    Returns the last logged training metrics and validation results.
+    """
+    workdir = pathlib.Path(workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    is_main = jax.process_index() == 0
+    if is_main:
+        (workdir / "config.json").write_text(config_lib.to_json(config))
+
+    mesh = sharding.make_mesh(dict(config.mesh))
+    rules = tuple(tuple(r) for r in config.sharding.rules)
+    source = loader.open_source(config.data)
+    io = io_shapes(config, source)
+    tx = optimizer.make_optimizer(config.optimizer, config.num_steps)
+    model_fn = functools.partial(build_model, config.model, io, config.seed)
+    with sharding.logical_rules(rules):
+        layout = state.make_layout(model_fn, tx, mesh, rules, config.sharding.fsdp_min_bytes)
+    batch_sharding = sharding.batch_sharding(mesh)
+
+    ckpt = checkpoint.Checkpointer(
+        workdir / "checkpoints", max_to_keep=config.keep_checkpoints, save_interval_steps=config.checkpoint_every
+    )
+    restored = ckpt.restore_latest(layout.abstract)
+    if restored is None:
+        train_state = state.init_state(model_fn, tx, layout)
+    else:
+        train_state = restored["state"]
+    start_step = int(jax.device_get(train_state["step"]))
+    end_step = config.num_steps if stop_at_step is None else min(stop_at_step, config.num_steps)
+    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(layout.abstract["params"]))
+    if is_main:
+        origin = f"resumed from step {start_step}" if restored is not None else "fresh start"
+        print(
+            f"vla_jax: {jax.device_count()} devices, mesh {dict(mesh.shape)}, {num_params:,} params "
+            f"({layout.replicated_fraction:.1%} of bytes replicated), {origin}, training to step {end_step}",
+            flush=True,
+        )
+
+    with sharding.logical_rules(rules), jax.set_mesh(mesh):
+        train_step = step.make_train_step(layout, tx, batch_sharding)
+        eval_step = step.make_eval_step(layout, batch_sharding)
+        val_local = loader.val_batches(source, config.data, global_batch_size=config.batch_size)
+        val_global = [loader.to_global_batch(b, batch_sharding) for b in val_local]
+        baseline = mean_action_baseline(val_local, source, config.data.normalization)
+        batches = loader.train_batches(
+            source, config.data, global_batch_size=config.batch_size, seed=config.seed, start_step=start_step
+        )
+        writer = metrics.MetricsWriter(workdir)
+        progress = metrics.ProgressLine(start_step, config.num_steps)
+        save = functools.partial(
+            ckpt.save,
+            config=config.to_dict(),
+            statistics={**source.statistics.to_json(), "normalization": config.data.normalization},
+            data_seed=config.seed,
+        )
+        summary: dict = {"start_step": start_step}
+        current = start_step
+        while current < end_step:
+            batch = loader.to_global_batch(next(batches), batch_sharding)
+            train_state, step_metrics = train_step(train_state, batch)
+            current += 1
+            if current % config.log_every == 0 or current == end_step:
+                logged = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+                logged["learning_rate"] = float(
+                    optimizer.learning_rate_schedule(config.optimizer, config.num_steps)(current)
+                )
+                logged["steps_per_s"] = progress.update(current, {"loss": logged["loss"]})
+                writer.write(current, logged)
+                summary.update(logged)
+            if current % config.eval_every == 0 or current == end_step:
+                results = evaluate(eval_step, train_state["params"], val_global)
+                results["val_mean_baseline_error"] = baseline
+                results["val_error_ratio"] = results["val_action_error"] / max(baseline, 1e-12)
+                writer.write(current, results)
+                summary.update(results)
+                if is_main:
+                    print(
+                        f"step {current}: val_action_error {results['val_action_error']:.4f} "
+                        f"(mean-action baseline {baseline:.4f}, ratio {results['val_error_ratio']:.3f})",
+                        flush=True,
+                    )
+            save(train_state, step=current, force=current == end_step)
+        ckpt.wait()
+        ckpt.close()
+    summary["step"] = current
+    if is_main:
+        (workdir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
