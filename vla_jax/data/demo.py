@@ -79,13 +79,14 @@ def _jpeg(image: np.ndarray) -> bytes:
 
 
 def generate_episode(rng: np.random.Generator) -> dict:
-    """One scripted episode: a dict of per-step lists in the RLDS step layout."""
+    """One scripted episode: RLDS-layout ``steps`` plus the scene it was drawn from."""
     names = rng.choice(list(COLORS), size=3, replace=False)
     blocks = []
     while len(blocks) < 3:
         candidate = rng.uniform(0.12, 0.88, size=2)
         if all(np.linalg.norm(candidate - b) > 0.25 for b in blocks):
             blocks.append(candidate)
+    start_blocks = [b.copy() for b in blocks]
     target = int(rng.integers(3))
     instruction = str(rng.choice(TEMPLATES)).format(names[target])
     colors = [COLORS[n] for n in names]
@@ -134,6 +135,11 @@ def generate_episode(rng: np.random.Generator) -> dict:
         gripper = gripper_command
         if phase == "lift":  # the grasped block travels with the gripper
             blocks[target] = pos[:2].copy()
+    scene = {
+        "target_color": str(names[target]),
+        "block_colors": [str(n) for n in names],
+        "block_positions": start_blocks,
+    }
     last = len(steps) - 1
     for i, step in enumerate(steps):
         step.update(
@@ -143,7 +149,7 @@ def generate_episode(rng: np.random.Generator) -> dict:
             reward=np.float32(i == last),
             discount=np.float32(1.0),
         )
-    return {"steps": steps, "target_color": str(names[target])}
+    return {"steps": steps, **scene}
 
 
 def _builder_class():
@@ -260,6 +266,10 @@ def ensure_demo_dataset(data_dir: str | os.PathLike | None = None) -> pathlib.Pa
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = pathlib.Path(tempfile.mkdtemp(prefix=".vla_demo-", dir=target.parent))
     try:
+        import tensorflow_datasets as tfds
+
+        tfds.disable_progress_bar()
+        print(f"vla_jax: generating the demo dataset into {target} (once)", flush=True)
         builder = _builder_class()(data_dir=str(staging), config=CONFIG_NAME)
         builder.download_and_prepare()
         built = pathlib.Path(builder.data_dir)

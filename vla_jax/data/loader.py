@@ -34,15 +34,22 @@ class DataSource:
 
 
 def resolve_builder_dir(spec: DatasetSpec, data_dir: str) -> pathlib.Path:
-    """``data_dir/name[/config]/version``; the demo is generated on first use."""
-    if spec.name == demo.NAME:
-        return demo.ensure_demo_dataset(data_dir or None)
+    """``data_dir/name[/config]/version``.
+
+    With no ``data_dir``, the demo dataset is generated into (or read from) the
+    cache dir; any other dataset needs an explicit ``data_dir``.
+    """
     if not data_dir:
+        if spec.name == demo.NAME:
+            return demo.ensure_demo_dataset()
         raise ConfigError(f"dataset {spec.name!r} needs data.data_dir (the directory holding {spec.name}/)")
     path = pathlib.Path(data_dir) / spec.name
     if spec.config_name:
         path = path / spec.config_name
-    return path / spec.version
+    path = path / spec.version
+    if spec.name == demo.NAME and path.exists():
+        demo.verify_cache(path)
+    return path
 
 
 def open_source(data_config: ml_collections.ConfigDict) -> DataSource:

@@ -41,7 +41,7 @@ def open_builder(builder_dir: str | pathlib.Path, dataset_name: str):
     if not (path / "dataset_info.json").is_file():
         raise DataError(
             f"dataset {dataset_name!r}: no RLDS builder directory at {path} "
-            "(expected a dataset_info.json there; check data.data_dir)"
+            "(expected a dataset_info.json there; check config key data.data_dir)"
         )
     try:
         return tfds.builder_from_directory(str(path))

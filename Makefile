@@ -1,0 +1,32 @@
+# The README's two commands: `make demo` (train on the embedded demo dataset)
+# and `make test` (the test suite). Both create .venv on first use.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+WORKDIR ?= workdirs/demo
+
+.PHONY: demo test test-slow lint format clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/vla-jax train --config experiments/demo.py --workdir $(WORKDIR)
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -q
+
+test-slow: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -m slow
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff format --check . && $(BIN)/ruff check .
+
+format: $(BIN)/.installed
+	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) workdirs .pytest_cache

@@ -1,0 +1,32 @@
+"""Debug: the demo pipeline with a tiny model and a few steps, for tests and smoke runs.
+
+Seconds on one CPU core; the numbers it reaches mean nothing.
+
+    vla-jax train --config experiments/debug.py --workdir /tmp/debug
+"""
+
+import pathlib
+
+import ml_collections
+
+from vla_jax.config import load_config
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    del arg
+    config = load_config(str(pathlib.Path(__file__).with_name("demo.py")))
+    config.unlock()
+    config.num_steps = 6
+    config.batch_size = 16
+    config.log_every = 2
+    config.eval_every = 3
+    config.checkpoint_every = 2
+    config.data.shuffle_buffer_size = 200
+    config.data.val_batches = 2
+    config.model.width = 32
+    config.model.depth = 1
+    config.model.num_heads = 2
+    config.model.mlp_dim = 64
+    config.model.patch_size = 16
+    config.optimizer.warmup_steps = 2
+    return config

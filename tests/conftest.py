@@ -1,0 +1,38 @@
+"""Test setup: 8 fake CPU devices, an isolated cache, the demo dataset built once."""
+
+import os
+
+# Must happen before JAX is imported anywhere.
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> pathlib.Path:
+    """One cache for the whole run (shared by xdist workers; generation is atomic)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    path = root / "vla_jax_cache"
+    path.mkdir(exist_ok=True)
+    os.environ["VLA_JAX_CACHE"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_dir(cache_dir) -> pathlib.Path:
+    from vla_jax.data import demo
+
+    return demo.ensure_demo_dataset()
+
+
+def debug_config(*overrides: str):
+    from vla_jax.config import load_config
+
+    return load_config(str(REPO / "experiments" / "debug.py"), list(overrides))

@@ -1,0 +1,67 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from vla_jax.data import demo
+from vla_jax.errors import DataError
+
+
+def test_rlds_layout_and_episode_flags(demo_dir):
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder_from_directory(str(demo_dir))
+    steps = builder.info.features["steps"]
+    assert set(steps.keys()) >= {
+        "observation", "action", "language_instruction", "is_first", "is_last", "is_terminal", "reward", "discount",
+    }  # fmt: skip
+    assert set(steps["observation"].keys()) == {"image", "wrist_image", "state"}
+    assert builder.info.splits["train"].num_examples == demo.TRAIN_EPISODES
+    episode = next(iter(builder.as_dataset(split="val").take(1)))
+    traj = next(iter(episode["steps"].batch(1000))).copy()
+    flags = {k: traj[k].numpy() for k in ("is_first", "is_last", "is_terminal")}
+    assert flags["is_first"][0] and not flags["is_first"][1:].any()
+    assert flags["is_last"][-1] and not flags["is_last"][:-1].any()
+    assert traj["observation"]["image"].shape[1:] == (demo.IMAGE_SIZE, demo.IMAGE_SIZE, 3)
+
+
+def test_action_depends_on_named_block_position():
+    """The first move heads to the named block, not to the others: vision and language both matter."""
+    to_named, to_other = [], []
+    for index in range(50):
+        episode = demo.generate_episode(np.random.default_rng([7, index]))
+        first = episode["steps"][0]
+        assert episode["target_color"] in first["language_instruction"]
+        start = first["observation"]["state"][:2]
+        direction = first["action"][:2] / np.linalg.norm(first["action"][:2])
+        for name, block in zip(episode["block_colors"], episode["block_positions"]):
+            cosine = float(direction @ (block - start) / np.linalg.norm(block - start))
+            (to_named if name == episode["target_color"] else to_other).append(cosine)
+    assert np.mean(to_named) > 0.98
+    assert np.mean(to_other) < 0.6
+
+
+def test_cache_is_reused(demo_dir):
+    stamp = (demo_dir / demo.MANIFEST).stat().st_mtime_ns
+    assert demo.ensure_demo_dataset() == demo_dir
+    assert (demo_dir / demo.MANIFEST).stat().st_mtime_ns == stamp
+
+
+def test_corrupt_cache_is_reported_not_read(demo_dir, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(demo_dir, copy)
+    record = next(copy.glob("*val.tfrecord*"))
+    data = bytearray(record.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    record.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=rf"corrupt: file {record.name} .*delete {copy}"):
+        demo.verify_cache(copy)
+    (copy / demo.MANIFEST).unlink()
+    with pytest.raises(DataError, match="no vla_jax_manifest.json"):
+        demo.verify_cache(copy)
+
+
+def test_manifest_lists_every_data_file(demo_dir):
+    files = json.loads((demo_dir / demo.MANIFEST).read_text())["files"]
+    assert {p.name for p in demo_dir.iterdir() if p.name != demo.MANIFEST} == set(files)

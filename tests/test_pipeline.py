@@ -1,0 +1,130 @@
+import functools
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from vla_jax.data import loader, statistics, traj_transforms, trajectory
+from vla_jax.data.specs import get_spec
+from vla_jax.data.standardize import standardize
+from vla_jax.errors import ConfigError, DataError
+
+from .conftest import debug_config
+
+
+def _raw_arrays(demo_dir):
+    builder = trajectory.open_builder(demo_dir, "vla_demo")
+    spec = get_spec("vla_demo")
+    ds = trajectory.traj_map(trajectory.from_rlds(builder, "train"), functools.partial(standardize, spec=spec))
+    actions, states = [], []
+    for traj in ds.as_numpy_iterator():
+        actions.append(traj["action"])
+        states.append(traj["observation"]["proprio"])
+    return np.concatenate(actions), np.concatenate(states)
+
+
+def test_statistics_match_exact_values(demo_dir):
+    source = loader.open_source(debug_config().data)
+    actions, states = _raw_arrays(demo_dir)
+    for stats, rows in ((source.statistics.action, actions), (source.statistics.state, states)):
+        np.testing.assert_allclose(stats.mean, rows.mean(0), atol=1e-5)
+        np.testing.assert_allclose(stats.std, rows.std(0), atol=1e-5)
+        np.testing.assert_allclose(stats.min, rows.min(0))
+        np.testing.assert_allclose(stats.max, rows.max(0))
+        bound = (rows.max(0) - rows.min(0)) / statistics.HISTOGRAM_BINS + 1e-6
+        for q, got in ((0.01, stats.q01), (0.99, stats.q99)):
+            # The histogram quantile lies within one bin of an exact order statistic.
+            lo = np.quantile(rows, q, axis=0, method="lower")
+            hi = np.quantile(rows, q, axis=0, method="higher")
+            assert np.all(got >= lo - bound) and np.all(got <= hi + bound), (q, got, lo, hi)
+    assert source.statistics.num_transitions == len(actions)
+    assert source.statistics.action_mask == (True, True, True, False)
+
+
+def test_statistics_cache_is_keyed_by_fingerprint(demo_dir):
+    import dataclasses
+
+    spec = get_spec("vla_demo")
+    fp = statistics.fingerprint(spec, demo_dir)
+    assert (demo_dir / f"vla_jax_stats_{fp}.json").is_file() or loader.open_source(debug_config().data)
+    assert (demo_dir / f"vla_jax_stats_{fp}.json").is_file()
+    changed = dataclasses.replace(spec, normalize_action=(True, True, True, True))
+    assert statistics.fingerprint(changed, demo_dir) != fp
+
+    def my_fix(traj):
+        return traj
+
+    with_transform = dataclasses.replace(spec, raw_transform=my_fix)
+    assert statistics.fingerprint(with_transform, demo_dir) != fp
+
+
+def test_normalization_round_trip_and_mask():
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(1000, 3)).astype(np.float32)
+    stats = statistics.ArrayStats(
+        rows.mean(0), rows.std(0), rows.min(0), rows.max(0), np.quantile(rows, 0.01, 0), np.quantile(rows, 0.99, 0)
+    )
+    mask = (True, True, False)
+    for mode in statistics.NORMALIZATION_MODES:
+        normed = statistics.normalize(rows, stats, mode, mask)
+        np.testing.assert_array_equal(normed[:, 2], rows[:, 2])
+        inside = np.all((rows >= stats.q01) & (rows <= stats.q99), axis=1) if mode == "quantile" else slice(None)
+        back = statistics.unnormalize(normed, stats, mode, mask)
+        np.testing.assert_allclose(back[inside], rows[inside], atol=1e-5)
+        tf_normed = statistics.normalize(tf.constant(rows), stats, mode, mask, xp=tf.experimental.numpy)
+        np.testing.assert_allclose(np.asarray(tf_normed), normed, atol=1e-6)
+    quantile = statistics.normalize(rows, stats, "quantile")
+    assert quantile.min() == -1.0 and quantile.max() == 1.0
+
+
+def test_chunk_actions_pads_with_mask():
+    action = tf.reshape(tf.range(10, dtype=tf.float32), [5, 2])
+    out = traj_transforms.chunk_actions({"action": action}, horizon=3)
+    assert out["action"].shape == (5, 3, 2)
+    np.testing.assert_array_equal(out["action"][3].numpy(), [[6, 7], [8, 9], [8, 9]])
+    np.testing.assert_array_equal(out["action_mask"].numpy()[3:], [[True, True, False], [True, False, False]])
+    np.testing.assert_array_equal(out["action"][0].numpy(), [[0, 1], [2, 3], [4, 5]])
+
+
+def test_batches_have_model_layout(demo_dir):
+    config = debug_config()
+    source = loader.open_source(config.data)
+    batch = next(loader.train_batches(source, config.data, global_batch_size=8, seed=0))
+    horizon = config.data.action_horizon
+    assert batch["actions"].shape == (8, horizon, 4) and batch["action_mask"].shape == (8, horizon)
+    assert batch["image_primary"].shape == (8, 64, 64, 3) and batch["image_primary"].dtype == np.uint8
+    assert batch["image_wrist_mask"].all()
+    assert batch["text_ids"].shape == (8, config.data.max_text_length) and batch["text_mask"].any(axis=1).all()
+    assert np.abs(batch["actions"][..., :3]).max() <= 1.0  # quantile-normalized dims
+    assert set(np.unique(batch["actions"][..., 3])) <= {0.0, 1.0}  # gripper left as is
+
+
+def test_stream_is_seeded_and_resumable(demo_dir):
+    config = debug_config()
+    source = loader.open_source(config.data)
+    stream = loader.train_batches(source, config.data, global_batch_size=8, seed=3)
+    first = [next(stream) for _ in range(4)]
+    again = loader.train_batches(source, config.data, global_batch_size=8, seed=3)
+    resumed = loader.train_batches(source, config.data, global_batch_size=8, seed=3, start_step=2)
+    other = next(loader.train_batches(source, config.data, global_batch_size=8, seed=4))
+    a0 = next(again)
+    for key in first[0]:
+        np.testing.assert_array_equal(a0[key], first[0][key])
+    r2, r3 = next(resumed), next(resumed)
+    for key in first[0]:
+        np.testing.assert_array_equal(r2[key], first[2][key])
+        np.testing.assert_array_equal(r3[key], first[3][key])
+    assert not np.array_equal(other["actions"], first[0]["actions"])
+
+
+def test_missing_dataset_directory_is_a_clear_error(tmp_path):
+    config = debug_config(f"data.data_dir={tmp_path / 'nowhere'}")
+    with pytest.raises(DataError, match=r"dataset 'vla_demo': no RLDS builder directory at .*nowhere"):
+        loader.open_source(config.data)
+
+
+def test_unknown_dataset_and_mode(demo_dir):
+    with pytest.raises(DataError, match="did you mean 'vla_demo'"):
+        loader.open_source(debug_config("data.dataset=vla_dem").data)
+    with pytest.raises(ConfigError, match="data.normalization"):
+        loader.open_source(debug_config("data.normalization=minmax").data)

@@ -1,0 +1,185 @@
+"""Sharded training on 8 fake CPU devices: mesh invariance, resume, restore, kill -9."""
+
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from vla_jax import sharding
+from vla_jax.data import loader
+from vla_jax.models.vla import build_model
+from vla_jax.training import checkpoint, optimizer, state, trainer
+
+from .conftest import REPO, debug_config
+
+
+def _layout(config, mesh):
+    source = loader.open_source(config.data)
+    io = trainer.io_shapes(config, source)
+    tx = optimizer.make_optimizer(config.optimizer, config.num_steps)
+    model_fn = functools.partial(build_model, config.model, io, config.seed)
+    rules = tuple(tuple(r) for r in config.sharding.rules)
+    return source, tx, model_fn, state.make_layout(model_fn, tx, mesh, rules, config.sharding.fsdp_min_bytes)
+
+
+def _params_np(train_state):
+    return jax.tree.map(np.asarray, jax.device_get(train_state["params"]))
+
+
+def test_same_loss_on_every_mesh(demo_dir):
+    assert jax.device_count() == 8
+    config = debug_config("sharding.fsdp_min_bytes=0")
+    results = {}
+    for data, fsdp in ((1, 8), (2, 4), (8, 1)):
+        mesh = sharding.make_mesh({"data": data, "fsdp": fsdp})
+        source, tx, model_fn, layout = _layout(config, mesh)
+        if fsdp > 1:
+            assert layout.replicated_fraction < 0.5  # the FSDP rule really shards
+        batch_local = next(loader.train_batches(source, config.data, global_batch_size=16, seed=0))
+        batch_sharding = sharding.batch_sharding(mesh)
+        with jax.set_mesh(mesh):
+            train_state = state.init_state(model_fn, tx, layout)
+            batch = loader.to_global_batch(batch_local, batch_sharding)
+            from vla_jax.training import step
+
+            new_state, metrics = step.make_train_step(layout, tx, batch_sharding)(train_state, batch)
+            results[(data, fsdp)] = (float(metrics["loss"]), float(metrics["grad_norm"]), _params_np(new_state))
+    (loss0, norm0, params0), *others = results.values()
+    for loss, norm, params in others:
+        np.testing.assert_allclose(loss, loss0, rtol=1e-5)
+        np.testing.assert_allclose(norm, norm0, rtol=1e-4)
+        jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-6), params, params0)
+
+
+def _metrics(workdir):
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def full_run(demo_dir, tmp_path_factory):
+    """An uninterrupted 6-step run on a 2x4 data x fsdp mesh."""
+    workdir = tmp_path_factory.mktemp("full")
+    config = debug_config("mesh.data=2", "mesh.fsdp=4", "sharding.fsdp_min_bytes=0")
+    summary = trainer.train(config, workdir)
+    return config, workdir, summary
+
+
+def test_workdir_contract(full_run):
+    config, workdir, summary = full_run
+    assert json.loads((workdir / "config.json").read_text())["num_steps"] == config.num_steps
+    records = _metrics(workdir)
+    assert all("step" in r for r in records)
+    assert [r["step"] for r in records if "loss" in r] == [2, 4, 6]
+    assert [r["step"] for r in records if "val_action_error" in r] == [3, 6]
+    assert summary["step"] == 6 and np.isfinite(summary["loss"])
+    assert checkpoint.Checkpointer(workdir / "checkpoints", max_to_keep=3, save_interval_steps=2).all_steps() == [
+        2,
+        4,
+        6,
+    ]
+
+
+def test_stop_and_resume_matches_uninterrupted(full_run, tmp_path):
+    config, full_dir, _ = full_run
+    trainer.train(config, tmp_path, stop_at_step=3)
+    summary = trainer.train(config, tmp_path)
+    assert summary["start_step"] == 3 and summary["step"] == 6
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 4})
+    *_, layout = _layout(config, mesh)
+    ckpt_a = checkpoint.Checkpointer(full_dir / "checkpoints", max_to_keep=3, save_interval_steps=2)
+    ckpt_b = checkpoint.Checkpointer(tmp_path / "checkpoints", max_to_keep=3, save_interval_steps=2)
+    a = _params_np(ckpt_a.restore(6, layout.abstract)["state"])
+    b = _params_np(ckpt_b.restore(6, layout.abstract)["state"])
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-6, atol=1e-7), a, b)
+    losses_a = {r["step"]: r["loss"] for r in _metrics(full_dir) if "loss" in r and r["step"] > 3}
+    losses_b = {r["step"]: r["loss"] for r in _metrics(tmp_path) if "loss" in r and r["step"] > 3}
+    assert losses_a.keys() == losses_b.keys() == {4, 6}
+    np.testing.assert_allclose([losses_a[k] for k in (4, 6)], [losses_b[k] for k in (4, 6)], rtol=1e-6)
+
+
+def test_checkpoint_from_8_devices_restores_on_1(full_run):
+    config, workdir, _ = full_run
+    ckpt = checkpoint.Checkpointer(workdir / "checkpoints", max_to_keep=3, save_interval_steps=2)
+    *_, layout8 = _layout(config, sharding.make_mesh({"data": 2, "fsdp": 4}))
+    *_, layout1 = _layout(config, sharding.make_mesh({"data": 1}, devices=jax.devices()[:1]))
+    on8 = ckpt.restore(6, layout8.abstract)
+    on1 = ckpt.restore(6, layout1.abstract)
+    sharded = [x for x in jax.tree.leaves(on8["state"]["params"]) if not x.sharding.is_fully_replicated]
+    assert sharded, "the 8-device checkpoint should hold sharded parameters"
+    assert all(len(x.sharding.device_set) == 1 for x in jax.tree.leaves(on1["state"]))
+    jax.tree.map(np.testing.assert_array_equal, _params_np(on8["state"]), _params_np(on1["state"]))
+    assert on1["meta"]["step"] == 6 and on1["dataset_statistics"]["normalization"] == "quantile"
+    assert on1["config"]["model"]["width"] == config.model.width
+
+
+def test_corrupt_latest_checkpoint_falls_back(full_run, tmp_path, capsys):
+    import shutil
+
+    config, workdir, _ = full_run
+    shutil.copytree(workdir / "checkpoints", tmp_path / "checkpoints")
+    for path in (tmp_path / "checkpoints" / "6" / "state").rglob("*"):
+        if path.is_file() and path.stat().st_size > 0 and "manifest" not in path.name:
+            path.write_bytes(b"garbage")
+    *_, layout = _layout(config, sharding.make_mesh({"data": 2, "fsdp": 4}))
+    restored = checkpoint.Checkpointer(tmp_path / "checkpoints", max_to_keep=3, save_interval_steps=2).restore_latest(
+        layout.abstract
+    )
+    assert restored["meta"]["step"] == 4
+    assert "checkpoint step 6 is unreadable" in capsys.readouterr().out
+
+
+KILL_DURING_SAVE = """
+import os, signal, sys
+from orbax.checkpoint._src.path import atomicity
+from vla_jax.config import load_config
+from vla_jax.training import checkpoint, trainer
+
+kill_step = int(sys.argv[3])
+real_save = checkpoint.Checkpointer.save
+
+def save(self, state, *, step, **kwargs):
+    if step == kill_step:
+        async def finalize(*args, **kw):  # the step's data is written; die before the rename
+            os.kill(os.getpid(), signal.SIGKILL)
+        atomicity.AtomicRenameTemporaryPath.finalize = finalize
+    saved = real_save(self, state, step=step, **kwargs)
+    if saved and step < kill_step:
+        self.wait()
+    return saved
+
+checkpoint.Checkpointer.save = save
+trainer.train(load_config(sys.argv[1]), sys.argv[2])
+"""
+
+
+def test_kill_9_during_save_resumes_from_previous(demo_dir, tmp_path):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    config_path = str(REPO / "experiments" / "debug.py")
+    script = tmp_path / "kill.py"
+    script.write_text(KILL_DURING_SAVE)
+    workdir = tmp_path / "work"
+    killed = subprocess.run(
+        [sys.executable, str(script), config_path, str(workdir), "4"], env=env, capture_output=True, text=True
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    leftovers = [p.name for p in (workdir / "checkpoints").iterdir()]
+    assert any("orbax-checkpoint-tmp" in name for name in leftovers), leftovers
+    ckpt = checkpoint.Checkpointer(workdir / "checkpoints", max_to_keep=3, save_interval_steps=2)
+    assert ckpt.all_steps() == [2]
+    resumed = subprocess.run(
+        [sys.executable, "-m", "vla_jax.cli", "train", "--config", config_path, "--workdir", str(workdir)],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from step 2" in resumed.stdout
+    assert checkpoint.Checkpointer(workdir / "checkpoints", max_to_keep=3, save_interval_steps=2).all_steps() == [
+        2,
+        4,
+        6,
+    ]
