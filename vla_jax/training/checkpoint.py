@@ -27,9 +27,9 @@ class Checkpointer:
 
     def __init__(self, directory: str | pathlib.Path, *, max_to_keep: int, save_interval_steps: int):
         self.directory = pathlib.Path(directory).absolute()
+        self.save_interval_steps = save_interval_steps
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
-            save_interval_steps=save_interval_steps,
             enable_async_checkpointing=True,
             create=True,
             cleanup_tmp_directories=True,
@@ -42,7 +42,9 @@ class Checkpointer:
     def save(
         self, state: dict, *, step: int, config: dict, statistics: dict, data_seed: int, force: bool = False
     ) -> bool:
-        """Starts an async save at ``step`` if the interval (or ``force``) says so."""
+        """Starts an async save at multiples of the interval, or at any step with ``force``."""
+        if not force and step % self.save_interval_steps:
+            return False
         meta = {"vla_jax_version": vla_jax.__version__, "step": int(step), "data_seed": int(data_seed)}
         return self.manager.save(
             step,

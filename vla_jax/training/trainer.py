@@ -77,10 +77,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, sto
         workdir / "checkpoints", max_to_keep=config.keep_checkpoints, save_interval_steps=config.checkpoint_every
     )
     restored = ckpt.restore_latest(layout.abstract)
-    if restored is None:
-        train_state = state.init_state(model_fn, tx, layout)
-    else:
-        train_state = restored["state"]
+    train_state = state.init_state(model_fn, tx, layout) if restored is None else restored["state"]
     start_step = int(jax.device_get(train_state["step"]))
     end_step = config.num_steps if stop_at_step is None else min(stop_at_step, config.num_steps)
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(layout.abstract["params"]))
