@@ -38,7 +38,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.action_horizon = 4
     config.data.cameras = ("primary", "wrist")
     config.data.image_size = 64
-    config.data.max_text_length = 24
+    config.data.text_vocab_size = 1024
+    config.data.max_text_length = 12
     config.data.shuffle_buffer_size = 10_000
     config.data.val_batches = 16
 

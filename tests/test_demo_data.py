@@ -57,6 +57,10 @@ def test_corrupt_cache_is_reported_not_read(demo_dir, tmp_path):
     record.write_bytes(bytes(data))
     with pytest.raises(DataError, match=rf"corrupt: file {record.name} .*delete {copy}"):
         demo.verify_cache(copy)
+    manifest = json.loads((demo_dir / demo.MANIFEST).read_text())
+    (copy / demo.MANIFEST).write_text(json.dumps(dict(manifest, generator="0" * 16)))
+    with pytest.raises(DataError, match="another version of the generator"):
+        demo.verify_cache(copy)
     (copy / demo.MANIFEST).unlink()
     with pytest.raises(DataError, match="no vla_jax_manifest.json"):
         demo.verify_cache(copy)

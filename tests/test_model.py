@@ -10,7 +10,7 @@ from vla_jax.models.vla import IOShapes, build_model
 
 from .conftest import debug_config
 
-IO = IOShapes(("primary", "wrist"), 64, 257, 24, 4, 4, 4)
+IO = IOShapes(("primary", "wrist"), 64, 1024, 12, 4, 4, 4)
 
 
 def _batch(rng, batch_size=8):
@@ -19,8 +19,8 @@ def _batch(rng, batch_size=8):
         "image_primary_mask": np.ones(batch_size, bool),
         "image_wrist": rng.integers(0, 255, (batch_size, 64, 64, 3), dtype=np.uint8),
         "image_wrist_mask": np.ones(batch_size, bool),
-        "text_ids": rng.integers(1, 257, (batch_size, 24)).astype(np.int32),
-        "text_mask": np.ones((batch_size, 24), bool),
+        "text_ids": rng.integers(1, 1024, (batch_size, 12)).astype(np.int32),
+        "text_mask": np.ones((batch_size, 12), bool),
         "state": rng.normal(size=(batch_size, 4)).astype(np.float32),
         "actions": rng.uniform(-1, 1, (batch_size, 4, 4)).astype(np.float32),
         "action_mask": np.ones((batch_size, 4), bool),
@@ -42,11 +42,11 @@ def test_masked_camera_and_text_padding_are_ignored():
     rng = np.random.default_rng(1)
     batch = _batch(rng)
     batch["image_wrist_mask"][:] = False
-    batch["text_mask"][:, 10:] = False
+    batch["text_mask"][:, 6:] = False
     base = model(batch)
     perturbed = dict(batch, image_wrist=255 - batch["image_wrist"])
     perturbed["text_ids"] = batch["text_ids"].copy()
-    perturbed["text_ids"][:, 10:] = 7
+    perturbed["text_ids"][:, 6:] = 7
     np.testing.assert_allclose(model(perturbed), base, atol=1e-5)
     visible = dict(batch, image_primary=255 - batch["image_primary"])
     assert not np.allclose(model(visible), base, atol=1e-3)

@@ -13,6 +13,7 @@ import pytest
 
 from vla_jax import sharding
 from vla_jax.data import loader
+from vla_jax.errors import CheckpointError
 from vla_jax.models.vla import build_model
 from vla_jax.training import checkpoint, optimizer, state, trainer
 
@@ -116,6 +117,15 @@ def test_checkpoint_from_8_devices_restores_on_1(full_run):
     jax.tree.map(np.testing.assert_array_equal, _params_np(on8["state"]), _params_np(on1["state"]))
     assert on1["meta"]["step"] == 6 and on1["dataset_statistics"]["normalization"] == "quantile"
     assert on1["config"]["model"]["width"] == config.model.width
+
+
+def test_resume_with_another_model_is_a_clear_error(full_run):
+    config, workdir, _ = full_run
+    before = (workdir / "config.json").read_text()
+    changed = debug_config("mesh.data=2", "mesh.fsdp=4", "model.width=48", "num_steps=8")
+    with pytest.raises(CheckpointError, match=r"model.width is 32 there, 48 here"):
+        trainer.train(changed, workdir)
+    assert (workdir / "config.json").read_text() == before  # nothing overwritten
 
 
 def test_corrupt_latest_checkpoint_falls_back(full_run, tmp_path, capsys):

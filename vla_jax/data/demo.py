@@ -15,6 +15,7 @@ a missing or mismatching manifest is reported as a corrupt cache, never read.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import json
 import os
@@ -28,7 +29,7 @@ from vla_jax.data import cache_dir
 from vla_jax.errors import DataError
 
 NAME = "vla_demo"
-VERSION = "1.0.0"
+VERSION = "1.1.0"  # bump whenever the generator changes
 MANIFEST = "vla_jax_manifest.json"
 IMAGE_SIZE = 64
 CONTROL_FREQUENCY_HZ = 10.0
@@ -42,8 +43,8 @@ COLORS = {
 TEMPLATES = ("pick up the {} block", "grab the {} block", "lift the {} cube", "pick the {} one up")
 BLOCK_HALF = 0.06  # block half-width, world units
 WRIST_VIEW = 0.36  # side of the wrist camera's view, world units
-MAX_XY_STEP = 0.08
-Z_STEP = 0.25
+MAX_XY_STEP = 0.06
+Z_STEP = 0.5
 MAX_STEPS = 60
 CONFIG_NAME = "default"
 TRAIN_EPISODES = 400
@@ -225,6 +226,13 @@ def _file_digests(directory: pathlib.Path) -> dict[str, dict]:
     return digests
 
 
+def generator_fingerprint() -> str:
+    """Hash of the generator's source: a cache made by other code is not this dataset."""
+    source = inspect.getsource(_render) + inspect.getsource(generate_episode)
+    constants = repr((IMAGE_SIZE, COLORS, TEMPLATES, BLOCK_HALF, WRIST_VIEW, MAX_XY_STEP, Z_STEP, MAX_STEPS))
+    return hashlib.sha256((source + constants).encode()).hexdigest()[:16]
+
+
 def verify_cache(builder_dir: pathlib.Path) -> None:
     """Raises DataError naming the first problem if the cached dataset is not intact."""
     manifest_path = builder_dir / MANIFEST
@@ -232,9 +240,12 @@ def verify_cache(builder_dir: pathlib.Path) -> None:
     if not manifest_path.is_file():
         raise DataError(f"demo dataset cache at {builder_dir} is corrupt: no {MANIFEST} (interrupted write?); {fix}")
     try:
-        expected = json.loads(manifest_path.read_text())["files"]
+        manifest = json.loads(manifest_path.read_text())
+        expected, generator = manifest["files"], manifest["generator"]
     except (ValueError, KeyError) as e:
         raise DataError(f"demo dataset cache at {builder_dir} is corrupt: unreadable {MANIFEST} ({e}); {fix}") from None
+    if generator != generator_fingerprint():
+        raise DataError(f"demo dataset cache at {builder_dir} was made by another version of the generator; {fix}")
     actual = _file_digests(builder_dir)
     for name, want in expected.items():
         got = actual.get(name)
@@ -273,7 +284,9 @@ def ensure_demo_dataset(data_dir: str | os.PathLike | None = None) -> pathlib.Pa
         builder = _builder_class()(data_dir=str(staging), config=CONFIG_NAME)
         builder.download_and_prepare()
         built = pathlib.Path(builder.data_dir)
-        manifest = {"name": NAME, "version": VERSION, "files": _file_digests(built)}
+        manifest = {
+            "name": NAME, "version": VERSION, "generator": generator_fingerprint(), "files": _file_digests(built),
+        }  # fmt: skip
         (built / MANIFEST).write_text(json.dumps(manifest, indent=1))
         try:
             os.rename(built, target)

@@ -20,7 +20,7 @@ import tensorflow as tf
 from vla_jax.data import demo, frame_transforms, standardize, statistics, traj_transforms, trajectory
 from vla_jax.data.specs import DatasetSpec, get_spec
 from vla_jax.errors import ConfigError
-from vla_jax.tokenizers import ByteTokenizer
+from vla_jax.tokenizers import WordHashTokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +92,9 @@ def _to_model_inputs(frame: dict, data_config: ml_collections.ConfigDict) -> dic
     """Decodes images, tokenizes the instruction and flattens to the batch layout."""
     cameras = tuple(data_config.cameras)
     frame = frame_transforms.decode_and_resize(frame, cameras, data_config.image_size)
-    text_ids, text_mask = ByteTokenizer(data_config.max_text_length).encode_tf(frame["language_instruction"])
+    text_ids, text_mask = WordHashTokenizer(data_config.text_vocab_size, data_config.max_text_length).encode_tf(
+        frame["language_instruction"]
+    )
     obs = frame["observation"]
     out = {
         "state": obs["proprio"],

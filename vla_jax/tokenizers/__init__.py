@@ -1,5 +1,5 @@
 """Tokenizers: text prompts (and, later, actions) to integer ids."""
 
-from vla_jax.tokenizers.text import ByteTokenizer
+from vla_jax.tokenizers.text import WordHashTokenizer
 
-__all__ = ["ByteTokenizer"]
+__all__ = ["WordHashTokenizer"]

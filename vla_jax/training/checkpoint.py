@@ -70,6 +70,10 @@ class Checkpointer:
         )
         return dict(restored)
 
+    def saved_config(self, step: int) -> dict:
+        """The resolved config stored with ``step``."""
+        return dict(self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
+
     def restore_latest(self, abstract_state: dict) -> dict | None:
         """The newest readable checkpoint, or None if there is none at all.
 

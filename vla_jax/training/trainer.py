@@ -14,8 +14,8 @@ from vla_jax import config as config_lib
 from vla_jax import sharding
 from vla_jax.data import loader
 from vla_jax.data.statistics import normalize
+from vla_jax.errors import CheckpointError
 from vla_jax.models.vla import IOShapes, build_model
-from vla_jax.tokenizers import ByteTokenizer
 from vla_jax.training import checkpoint, metrics, optimizer, state, step
 
 
@@ -23,12 +23,50 @@ def io_shapes(config: ml_collections.ConfigDict, source: loader.DataSource) -> I
     return IOShapes(
         cameras=tuple(config.data.cameras),
         image_size=config.data.image_size,
-        text_vocab_size=ByteTokenizer.vocab_size,
+        text_vocab_size=config.data.text_vocab_size,
         text_length=config.data.max_text_length,
         state_dim=len(source.statistics.state.mean),
         action_dim=source.spec.action_dim,
         action_horizon=config.data.action_horizon,
     )
+
+
+# Config fields that fix the shapes of the train state: a checkpoint made with
+# other values cannot be resumed.
+STATE_DEFINING_KEYS = (
+    "model",
+    "data.dataset",
+    "data.cameras",
+    "data.image_size",
+    "data.max_text_length",
+    "data.action_horizon",
+)
+
+
+def check_resumable(saved: dict, config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+    """Raises CheckpointError naming each state-defining field that differs from the checkpoint's."""
+    current = json.loads(config_lib.to_json(config))
+    saved = json.loads(json.dumps(saved, default=str))
+    differences = []
+    for key in STATE_DEFINING_KEYS:
+        a, b = saved, current
+        for part in key.split("."):
+            a, b = (a or {}).get(part), (b or {}).get(part)
+        for sub, (old, new) in _flat_diff(key, a, b):
+            differences.append(f"{sub} is {old!r} there, {new!r} here")
+    if differences:
+        raise CheckpointError(
+            f"workdir {workdir} holds checkpoints of a different model ({'; '.join(differences)}); "
+            "use a new --workdir, or the config it was trained with"
+        )
+
+
+def _flat_diff(prefix: str, old, new):
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new)):
+            yield from _flat_diff(f"{prefix}.{key}", old.get(key), new.get(key))
+    elif old != new:
+        yield prefix, (old, new)
 
 
 def mean_action_baseline(val: list[dict], source: loader.DataSource, mode: str) -> float:
@@ -60,14 +98,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, sto
     workdir = pathlib.Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
-    if is_main:
-        (workdir / "config.json").write_text(config_lib.to_json(config))
 
     mesh = sharding.make_mesh(dict(config.mesh))
     rules = tuple(tuple(r) for r in config.sharding.rules)
     source = loader.open_source(config.data)
     io = io_shapes(config, source)
     tx = optimizer.make_optimizer(config.optimizer, config.num_steps)
+    schedule = optimizer.learning_rate_schedule(config.optimizer, config.num_steps)
     model_fn = functools.partial(build_model, config.model, io, config.seed)
     with sharding.logical_rules(rules):
         layout = state.make_layout(model_fn, tx, mesh, rules, config.sharding.fsdp_min_bytes)
@@ -76,7 +113,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, sto
     ckpt = checkpoint.Checkpointer(
         workdir / "checkpoints", max_to_keep=config.keep_checkpoints, save_interval_steps=config.checkpoint_every
     )
+    if ckpt.all_steps():
+        check_resumable(ckpt.saved_config(ckpt.all_steps()[-1]), config, workdir)
     restored = ckpt.restore_latest(layout.abstract)
+    if is_main:
+        (workdir / "config.json").write_text(config_lib.to_json(config))
     train_state = state.init_state(model_fn, tx, layout) if restored is None else restored["state"]
     start_step = int(jax.device_get(train_state["step"]))
     end_step = config.num_steps if stop_at_step is None else min(stop_at_step, config.num_steps)
@@ -114,9 +155,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, sto
             current += 1
             if current % config.log_every == 0 or current == end_step:
                 logged = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-                logged["learning_rate"] = float(
-                    optimizer.learning_rate_schedule(config.optimizer, config.num_steps)(current)
-                )
+                logged["learning_rate"] = float(schedule(current - 1))  # the rate this step used
                 logged["steps_per_s"] = progress.update(current, {"loss": logged["loss"]})
                 writer.write(current, logged)
                 summary.update(logged)
