@@ -13,7 +13,6 @@ Prints one JSON object:
 
 from __future__ import annotations
 
-import functools
 import json
 import pathlib
 import sys
@@ -31,8 +30,7 @@ def main(argv: list[str]) -> dict:
     from vla_jax.cli import _split_overrides
     from vla_jax.config import load_config
     from vla_jax.data import loader
-    from vla_jax.models.vla import build_model
-    from vla_jax.training import checkpoint, optimizer, state, step, trainer
+    from vla_jax.training import checkpoint, step, trainer
 
     _, overrides = _split_overrides(argv)
     config = load_config(str(REPO / "experiments" / "demo.py"), overrides)
@@ -42,19 +40,14 @@ def main(argv: list[str]) -> dict:
         wall = time.perf_counter() - start
 
         # Ablations on the trained policy: break the pairing of images or text with the rest.
-        mesh = sharding.make_mesh(dict(config.mesh))
-        source = loader.open_source(config.data)
-        tx = optimizer.make_optimizer(config.optimizer, config.num_steps)
-        model_fn = functools.partial(build_model, config.model, trainer.io_shapes(config, source), config.seed)
-        rules = tuple(tuple(r) for r in config.sharding.rules)
-        layout = state.make_layout(model_fn, tx, mesh, rules, config.sharding.fsdp_min_bytes)
+        run = trainer.setup(config)
         ckpt = checkpoint.Checkpointer(pathlib.Path(workdir) / "checkpoints", max_to_keep=1, save_interval_steps=1)
-        params = ckpt.restore_latest(layout.abstract)["state"]["params"]
+        params = ckpt.restore_latest(run.layout.abstract)["state"]["params"]
         ckpt.close()
-        val = loader.val_batches(source, config.data, global_batch_size=config.batch_size)
-        batch_sharding = sharding.batch_sharding(mesh)
-        with jax.set_mesh(mesh), sharding.logical_rules(rules):
-            eval_step = step.make_eval_step(layout, batch_sharding)
+        val = loader.val_batches(run.source, config.data, global_batch_size=config.batch_size)
+        batch_sharding = run.batch_sharding
+        with jax.set_mesh(run.mesh), sharding.logical_rules(run.rules):
+            eval_step = step.make_eval_step(run.layout, batch_sharding)
 
             def error_with(keys):
                 shuffled = [{k: (np.roll(v, 1, axis=0) if k in keys else v) for k, v in b.items()} for b in val]

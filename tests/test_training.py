@@ -14,19 +14,15 @@ import pytest
 from vla_jax import sharding
 from vla_jax.data import loader
 from vla_jax.errors import CheckpointError
-from vla_jax.models.vla import build_model
-from vla_jax.training import checkpoint, optimizer, state, trainer
+from vla_jax.training import checkpoint, state, step, trainer
 
 from .conftest import REPO, debug_config
 
 
-def _layout(config, mesh):
-    source = loader.open_source(config.data)
-    io = trainer.io_shapes(config, source)
-    tx = optimizer.make_optimizer(config.optimizer, config.num_steps)
-    model_fn = functools.partial(build_model, config.model, io, config.seed)
-    rules = tuple(tuple(r) for r in config.sharding.rules)
-    return source, tx, model_fn, state.make_layout(model_fn, tx, mesh, rules, config.sharding.fsdp_min_bytes)
+def _setup(config, mesh_shape, devices=None) -> trainer.Setup:
+    config = config.copy_and_resolve_references()
+    config.mesh.update(mesh_shape)
+    return trainer.setup(config, devices)
 
 
 def _params_np(train_state):
@@ -38,18 +34,15 @@ def test_same_loss_on_every_mesh(demo_dir):
     config = debug_config("sharding.fsdp_min_bytes=0")
     results = {}
     for data, fsdp in ((1, 8), (2, 4), (8, 1)):
-        mesh = sharding.make_mesh({"data": data, "fsdp": fsdp})
-        source, tx, model_fn, layout = _layout(config, mesh)
+        run = _setup(config, {"data": data, "fsdp": fsdp})
         if fsdp > 1:
-            assert layout.replicated_fraction < 0.5  # the FSDP rule really shards
-        batch_local = next(loader.train_batches(source, config.data, global_batch_size=16, seed=0))
-        batch_sharding = sharding.batch_sharding(mesh)
-        with jax.set_mesh(mesh):
-            train_state = state.init_state(model_fn, tx, layout)
-            batch = loader.to_global_batch(batch_local, batch_sharding)
-            from vla_jax.training import step
-
-            new_state, metrics = step.make_train_step(layout, tx, batch_sharding)(train_state, batch)
+            assert run.layout.replicated_fraction < 0.5  # the FSDP rule really shards
+        batch_local = next(loader.train_batches(run.source, config.data, global_batch_size=16, seed=0))
+        with jax.set_mesh(run.mesh), sharding.logical_rules(run.rules):
+            train_state = state.init_state(run.model_fn, run.optimizer, run.layout)
+            batch = loader.to_global_batch(batch_local, run.batch_sharding)
+            train_step = step.make_train_step(run.layout, run.optimizer, run.batch_sharding)
+            new_state, metrics = train_step(train_state, batch)
             results[(data, fsdp)] = (float(metrics["loss"]), float(metrics["grad_norm"]), _params_np(new_state))
     (loss0, norm0, params0), *others = results.values()
     for loss, norm, params in others:
@@ -91,8 +84,7 @@ def test_stop_and_resume_matches_uninterrupted(full_run, tmp_path):
     trainer.train(config, tmp_path, stop_at_step=3)
     summary = trainer.train(config, tmp_path)
     assert summary["start_step"] == 3 and summary["step"] == 6
-    mesh = sharding.make_mesh({"data": 2, "fsdp": 4})
-    *_, layout = _layout(config, mesh)
+    layout = _setup(config, {"data": 2, "fsdp": 4}).layout
     ckpt_a = checkpoint.Checkpointer(full_dir / "checkpoints", max_to_keep=3, save_interval_steps=2)
     ckpt_b = checkpoint.Checkpointer(tmp_path / "checkpoints", max_to_keep=3, save_interval_steps=2)
     a = _params_np(ckpt_a.restore(6, layout.abstract)["state"])
@@ -107,8 +99,8 @@ def test_stop_and_resume_matches_uninterrupted(full_run, tmp_path):
 def test_checkpoint_from_8_devices_restores_on_1(full_run):
     config, workdir, _ = full_run
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints", max_to_keep=3, save_interval_steps=2)
-    *_, layout8 = _layout(config, sharding.make_mesh({"data": 2, "fsdp": 4}))
-    *_, layout1 = _layout(config, sharding.make_mesh({"data": 1}, devices=jax.devices()[:1]))
+    layout8 = _setup(config, {"data": 2, "fsdp": 4}).layout
+    layout1 = _setup(config, {"data": 1, "fsdp": 1}, devices=jax.devices()[:1]).layout
     on8 = ckpt.restore(6, layout8.abstract)
     on1 = ckpt.restore(6, layout1.abstract)
     sharded = [x for x in jax.tree.leaves(on8["state"]["params"]) if not x.sharding.is_fully_replicated]
@@ -136,7 +128,7 @@ def test_corrupt_latest_checkpoint_falls_back(full_run, tmp_path, capsys):
     for path in (tmp_path / "checkpoints" / "6" / "state").rglob("*"):
         if path.is_file() and path.stat().st_size > 0 and "manifest" not in path.name:
             path.write_bytes(b"garbage")
-    *_, layout = _layout(config, sharding.make_mesh({"data": 2, "fsdp": 4}))
+    layout = _setup(config, {"data": 2, "fsdp": 4}).layout
     restored = checkpoint.Checkpointer(tmp_path / "checkpoints", max_to_keep=3, save_interval_steps=2).restore_latest(
         layout.abstract
     )

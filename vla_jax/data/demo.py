@@ -29,7 +29,7 @@ from vla_jax.data import cache_dir
 from vla_jax.errors import DataError
 
 NAME = "vla_demo"
-VERSION = "1.1.0"  # bump whenever the generator changes
+VERSION = "1.2.0"  # bump whenever the generator changes
 MANIFEST = "vla_jax_manifest.json"
 IMAGE_SIZE = 64
 CONTROL_FREQUENCY_HZ = 10.0
@@ -47,7 +47,7 @@ MAX_XY_STEP = 0.06
 Z_STEP = 0.5
 MAX_STEPS = 60
 CONFIG_NAME = "default"
-TRAIN_EPISODES = 400
+TRAIN_EPISODES = 2000
 VAL_EPISODES = 50
 
 
@@ -229,7 +229,20 @@ def _file_digests(directory: pathlib.Path) -> dict[str, dict]:
 def generator_fingerprint() -> str:
     """Hash of the generator's source: a cache made by other code is not this dataset."""
     source = inspect.getsource(_render) + inspect.getsource(generate_episode)
-    constants = repr((IMAGE_SIZE, COLORS, TEMPLATES, BLOCK_HALF, WRIST_VIEW, MAX_XY_STEP, Z_STEP, MAX_STEPS))
+    constants = repr(
+        (
+            IMAGE_SIZE,
+            COLORS,
+            TEMPLATES,
+            BLOCK_HALF,
+            WRIST_VIEW,
+            MAX_XY_STEP,
+            Z_STEP,
+            MAX_STEPS,
+            TRAIN_EPISODES,
+            VAL_EPISODES,
+        )
+    )
     return hashlib.sha256((source + constants).encode()).hexdigest()[:16]
 
 

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import pathlib
+from collections.abc import Callable
 
 import jax
 import ml_collections
 import numpy as np
+import optax
 
 from vla_jax import config as config_lib
 from vla_jax import sharding
 from vla_jax.data import loader
 from vla_jax.data.statistics import normalize
 from vla_jax.errors import CheckpointError
-from vla_jax.models.vla import IOShapes, build_model
+from vla_jax.models.vla import VLA, IOShapes, build_model
 from vla_jax.training import checkpoint, metrics, optimizer, state, step
 
 
@@ -90,6 +93,31 @@ def evaluate(eval_step, params, val_global: list[dict]) -> dict[str, float]:
     return {"val_action_error": totals["abs_sum"] / count, "val_action_mse": totals["sq_sum"] / count}
 
 
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """What a config resolves to before any array is allocated."""
+
+    mesh: jax.sharding.Mesh
+    rules: tuple
+    source: loader.DataSource
+    optimizer: optax.GradientTransformation
+    model_fn: Callable[[], VLA]
+    layout: state.StateLayout
+    batch_sharding: jax.sharding.NamedSharding
+
+
+def setup(config: ml_collections.ConfigDict, devices=None) -> Setup:
+    """Mesh, data source, optimizer and the train state's layout for ``config``."""
+    mesh = sharding.make_mesh(dict(config.mesh), devices)
+    rules = tuple(tuple(r) for r in config.sharding.rules)
+    source = loader.open_source(config.data)
+    tx = optimizer.make_optimizer(config.optimizer, config.num_steps)
+    model_fn = functools.partial(build_model, config.model, io_shapes(config, source), config.seed)
+    with sharding.logical_rules(rules):
+        layout = state.make_layout(model_fn, tx, mesh, rules, config.sharding.fsdp_min_bytes)
+    return Setup(mesh, rules, source, tx, model_fn, layout, sharding.batch_sharding(mesh))
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, stop_at_step: int | None = None) -> dict:
     """Trains to ``config.num_steps`` (or ``stop_at_step``), resuming from ``workdir``.
 
@@ -99,16 +127,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, sto
     workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
 
-    mesh = sharding.make_mesh(dict(config.mesh))
-    rules = tuple(tuple(r) for r in config.sharding.rules)
-    source = loader.open_source(config.data)
-    io = io_shapes(config, source)
-    tx = optimizer.make_optimizer(config.optimizer, config.num_steps)
+    run = setup(config)
+    mesh, rules, source, layout = run.mesh, run.rules, run.source, run.layout
+    tx, batch_sharding = run.optimizer, run.batch_sharding
     schedule = optimizer.learning_rate_schedule(config.optimizer, config.num_steps)
-    model_fn = functools.partial(build_model, config.model, io, config.seed)
-    with sharding.logical_rules(rules):
-        layout = state.make_layout(model_fn, tx, mesh, rules, config.sharding.fsdp_min_bytes)
-    batch_sharding = sharding.batch_sharding(mesh)
 
     ckpt = checkpoint.Checkpointer(
         workdir / "checkpoints", max_to_keep=config.keep_checkpoints, save_interval_steps=config.checkpoint_every
@@ -118,7 +140,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, sto
     restored = ckpt.restore_latest(layout.abstract)
     if is_main:
         (workdir / "config.json").write_text(config_lib.to_json(config))
-    train_state = state.init_state(model_fn, tx, layout) if restored is None else restored["state"]
+    train_state = state.init_state(run.model_fn, tx, layout) if restored is None else restored["state"]
     start_step = int(jax.device_get(train_state["step"]))
     end_step = config.num_steps if stop_at_step is None else min(stop_at_step, config.num_steps)
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(layout.abstract["params"]))
