@@ -16,12 +16,12 @@ from vla_jax import sharding
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     del arg
     config = ml_collections.ConfigDict()
-    config.num_steps = 1000
+    config.num_steps = 2000
     config.batch_size = 32
     config.seed = 0
     config.log_every = 50
-    config.eval_every = 250
-    config.checkpoint_every = 250
+    config.eval_every = 500
+    config.checkpoint_every = 500
     config.keep_checkpoints = 3
 
     config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1, "expert": 1})
@@ -48,7 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.depth = 3
     config.model.num_heads = 4
     config.model.mlp_dim = 256
-    config.model.patch_size = 8
+    config.model.patch_size = 16
     config.model.vit_depth = 0
     config.model.num_readouts = 1
     config.model.dtype = "float32"
