@@ -27,10 +27,11 @@ def test_statistics_match_exact_values(demo_dir):
     source = loader.open_source(debug_config().data)
     actions, states = _raw_arrays(demo_dir)
     for stats, rows in ((source.statistics.action, actions), (source.statistics.state, states)):
-        np.testing.assert_allclose(stats.mean, rows.mean(0), atol=1e-5)
-        np.testing.assert_allclose(stats.std, rows.std(0), atol=1e-5)
-        np.testing.assert_allclose(stats.min, rows.min(0))
-        np.testing.assert_allclose(stats.max, rows.max(0))
+        rows = rows.astype(np.float64)
+        np.testing.assert_allclose(stats.mean, rows.mean(0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(stats.std, rows.std(0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(stats.min, rows.min(0), rtol=1e-6)
+        np.testing.assert_allclose(stats.max, rows.max(0), rtol=1e-6)
         bound = (rows.max(0) - rows.min(0)) / statistics.HISTOGRAM_BINS + 1e-6
         for q, got in ((0.01, stats.q01), (0.99, stats.q99)):
             # The histogram quantile lies within one bin of an exact order statistic.
