@@ -134,6 +134,23 @@ def test_corrupt_latest_checkpoint_falls_back(full_run, tmp_path, capsys):
     )
     assert restored["meta"]["step"] == 4
     assert "checkpoint step 6 is unreadable" in capsys.readouterr().out
+    assert (tmp_path / "checkpoints" / "6.unreadable").is_dir()
+
+
+def test_train_falls_back_past_a_latest_step_with_unreadable_config(full_run, tmp_path, capsys):
+    import shutil
+
+    config, workdir, _ = full_run
+    shutil.copytree(workdir / "checkpoints", tmp_path / "checkpoints")
+    for path in (tmp_path / "checkpoints" / "6" / "config").rglob("*"):
+        if path.is_file():
+            path.write_text("{not json")
+    summary = trainer.train(config, tmp_path)
+    assert summary["start_step"] == 4 and summary["step"] == 6
+    assert "checkpoint step 6 is unreadable" in capsys.readouterr().out
+    assert (tmp_path / "checkpoints" / "6.unreadable" / "config").is_dir()  # kept for inspection
+    ckpt = checkpoint.Checkpointer(tmp_path / "checkpoints", max_to_keep=3, save_interval_steps=2)
+    assert ckpt.all_steps() == [2, 4, 6]  # step 6 saved again by the resumed run
 
 
 KILL_DURING_SAVE = """

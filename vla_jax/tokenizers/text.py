@@ -36,6 +36,7 @@ class WordHashTokenizer:
 
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Batch form of :meth:`encode_tf`: ``ids [N, max_length]`` and ``mask``, as NumPy."""
-        pairs = [self.encode_tf(text) for text in texts]
-        ids = np.stack([np.asarray(i) for i, _ in pairs]).reshape(len(texts), self.max_length)
+        ids = np.zeros((len(texts), self.max_length), np.int32)
+        for row, text in enumerate(texts):
+            ids[row] = np.asarray(self.encode_tf(text)[0])
         return ids, ids != PAD_ID

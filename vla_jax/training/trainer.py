@@ -42,6 +42,7 @@ STATE_DEFINING_KEYS = (
     "data.cameras",
     "data.image_size",
     "data.max_text_length",
+    "data.text_vocab_size",
     "data.action_horizon",
 )
 
@@ -135,9 +136,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, sto
     ckpt = checkpoint.Checkpointer(
         workdir / "checkpoints", max_to_keep=config.keep_checkpoints, save_interval_steps=config.checkpoint_every
     )
-    if ckpt.all_steps():
-        check_resumable(ckpt.saved_config(ckpt.all_steps()[-1]), config, workdir)
-    restored = ckpt.restore_latest(layout.abstract)
+    restored = ckpt.restore_latest(
+        layout.abstract, check_config=functools.partial(check_resumable, config=config, workdir=workdir)
+    )
     if is_main:
         (workdir / "config.json").write_text(config_lib.to_json(config))
     train_state = state.init_state(run.model_fn, tx, layout) if restored is None else restored["state"]
