@@ -44,7 +44,7 @@ def main(argv: list[str]) -> dict:
         ckpt = checkpoint.Checkpointer(pathlib.Path(workdir) / "checkpoints", max_to_keep=1, save_interval_steps=1)
         params = ckpt.restore_latest(run.layout.abstract)["state"]["params"]
         ckpt.close()
-        val = loader.val_batches(run.source, config.data, global_batch_size=config.batch_size)
+        val = loader.val_batches(run.data, config.data, global_batch_size=config.batch_size)
         batch_sharding = run.batch_sharding
         with jax.set_mesh(run.mesh), sharding.logical_rules(run.rules):
             eval_step = step.make_eval_step(run.layout, batch_sharding)

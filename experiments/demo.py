@@ -11,6 +11,7 @@ of always predicting the mean action.
 import ml_collections
 
 from vla_jax import sharding
+from vla_jax.data.config import data_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -29,12 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.sharding.rules = sharding.DEFAULT_RULES
     config.sharding.fsdp_min_bytes = 4 * 2**20
 
-    config.data = ml_collections.ConfigDict()
-    config.data.dataset = "vla_demo"
-    config.data.data_dir = ""  # empty: the demo cache dir
-    config.data.train_split = "train"
-    config.data.val_split = "val"
-    config.data.normalization = "quantile"
+    config.data = data_config(mixture="vla_demo")
     config.data.action_horizon = 4
     config.data.cameras = ("primary", "wrist")
     config.data.image_size = 64

@@ -24,6 +24,7 @@ def _batch(rng, batch_size=8):
         "state": rng.normal(size=(batch_size, 4)).astype(np.float32),
         "actions": rng.uniform(-1, 1, (batch_size, 4, 4)).astype(np.float32),
         "action_mask": np.ones((batch_size, 4), bool),
+        "action_dim_mask": np.ones((batch_size, 4), bool),
     }
 
 
@@ -81,3 +82,15 @@ def test_padded_chunk_steps_carry_no_loss():
     changed = dict(batch, actions=batch["actions"].copy())
     changed["actions"][:, 2:] += 100.0
     np.testing.assert_allclose(loss(changed), loss(batch), rtol=1e-6)
+
+
+def test_padded_action_dims_carry_no_loss():
+    """Width padding (a dataset with fewer action dims than the mixture) is not a target."""
+    model = build_model(debug_config().model, IO, seed=0)
+    batch = _batch(np.random.default_rng(4))
+    batch["action_dim_mask"][:4, 3] = False
+    changed = dict(batch, actions=batch["actions"].copy())
+    changed["actions"][:4, :, 3] += 100.0
+    np.testing.assert_allclose(model.loss(changed)[0], model.loss(batch)[0], rtol=1e-6)
+    changed["actions"][4:, :, 3] += 1.0  # a real dim of the other rows does count
+    assert abs(float(model.loss(changed)[0]) - float(model.loss(batch)[0])) > 1e-3

@@ -24,7 +24,7 @@ def _raw_arrays(demo_dir):
 
 
 def test_statistics_match_exact_values(demo_dir):
-    source = loader.open_source(debug_config().data)
+    source = loader.open_mixture(debug_config().data).sources[0]
     actions, states = _raw_arrays(demo_dir)
     for stats, rows in ((source.statistics.action, actions), (source.statistics.state, states)):
         rows = rows.astype(np.float64)
@@ -46,17 +46,25 @@ def test_statistics_cache_is_keyed_by_fingerprint(demo_dir):
     import dataclasses
 
     spec = get_spec("vla_demo")
-    fp = statistics.fingerprint(spec, demo_dir)
-    assert (demo_dir / f"vla_jax_stats_{fp}.json").is_file() or loader.open_source(debug_config().data)
+    fp = loader.open_mixture(debug_config().data).sources[0].statistics.fingerprint
     assert (demo_dir / f"vla_jax_stats_{fp}.json").is_file()
+    base = statistics.fingerprint(spec, demo_dir)
     changed = dataclasses.replace(spec, normalize_action=(True, True, True, True))
-    assert statistics.fingerprint(changed, demo_dir) != fp
+    assert statistics.fingerprint(changed, demo_dir) != base
 
     def my_fix(traj):
         return traj
 
-    with_transform = dataclasses.replace(spec, raw_transform=my_fix)
-    assert statistics.fingerprint(with_transform, demo_dir) != fp
+    with_transform = dataclasses.replace(spec, standardize_fn=my_fix)
+    assert statistics.fingerprint(with_transform, demo_dir) != base
+    assert statistics.fingerprint(spec, demo_dir, settings="stride=2") != base
+    # Resampling changes the statistics, so a run at another control rate gets its own cache entry.
+    resampled = loader.open_mixture(debug_config("data.target_control_hz=5.0").data).sources[0].statistics
+    assert (
+        resampled.fingerprint != fp
+        and resampled.num_transitions
+        < 0.6 * loader.open_mixture(debug_config().data).sources[0].statistics.num_transitions
+    )
 
 
 def test_normalization_round_trip_and_mask():
@@ -89,8 +97,8 @@ def test_chunk_actions_pads_with_mask():
 
 def test_batches_have_model_layout(demo_dir):
     config = debug_config()
-    source = loader.open_source(config.data)
-    batch = next(loader.train_batches(source, config.data, global_batch_size=8, seed=0))
+    mix = loader.open_mixture(config.data)
+    batch = next(loader.train_batches(mix, config.data, global_batch_size=8, seed=0))
     horizon = config.data.action_horizon
     assert batch["actions"].shape == (8, horizon, 4) and batch["action_mask"].shape == (8, horizon)
     assert batch["image_primary"].shape == (8, 64, 64, 3) and batch["image_primary"].dtype == np.uint8
@@ -102,12 +110,12 @@ def test_batches_have_model_layout(demo_dir):
 
 def test_stream_is_seeded_and_resumable(demo_dir):
     config = debug_config()
-    source = loader.open_source(config.data)
-    stream = loader.train_batches(source, config.data, global_batch_size=8, seed=3)
+    mix = loader.open_mixture(config.data)
+    stream = loader.train_batches(mix, config.data, global_batch_size=8, seed=3)
     first = [next(stream) for _ in range(4)]
-    again = loader.train_batches(source, config.data, global_batch_size=8, seed=3)
-    resumed = loader.train_batches(source, config.data, global_batch_size=8, seed=3, start_step=2)
-    other = next(loader.train_batches(source, config.data, global_batch_size=8, seed=4))
+    again = loader.train_batches(mix, config.data, global_batch_size=8, seed=3)
+    resumed = loader.train_batches(mix, config.data, global_batch_size=8, seed=3, start_step=2)
+    other = next(loader.train_batches(mix, config.data, global_batch_size=8, seed=4))
     a0 = next(again)
     for key in first[0]:
         np.testing.assert_array_equal(a0[key], first[0][key])
@@ -121,11 +129,11 @@ def test_stream_is_seeded_and_resumable(demo_dir):
 def test_missing_dataset_directory_is_a_clear_error(tmp_path):
     config = debug_config(f"data.data_dir={tmp_path / 'nowhere'}")
     with pytest.raises(DataError, match=r"dataset 'vla_demo': no RLDS builder directory at .*nowhere"):
-        loader.open_source(config.data)
+        loader.open_mixture(config.data)
 
 
 def test_unknown_dataset_and_mode(demo_dir):
     with pytest.raises(DataError, match="did you mean 'vla_demo'"):
-        loader.open_source(debug_config("data.dataset=vla_dem").data)
+        loader.open_mixture(debug_config("data.mixture=vla_dem").data)
     with pytest.raises(ConfigError, match="data.normalization"):
-        loader.open_source(debug_config("data.normalization=minmax").data)
+        loader.open_mixture(debug_config("data.normalization=minmax").data)

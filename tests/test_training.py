@@ -37,7 +37,7 @@ def test_same_loss_on_every_mesh(demo_dir):
         run = _setup(config, {"data": data, "fsdp": fsdp})
         if fsdp > 1:
             assert run.layout.replicated_fraction < 0.5  # the FSDP rule really shards
-        batch_local = next(loader.train_batches(run.source, config.data, global_batch_size=16, seed=0))
+        batch_local = next(loader.train_batches(run.data, config.data, global_batch_size=16, seed=0))
         with jax.set_mesh(run.mesh), sharding.logical_rules(run.rules):
             train_state = state.init_state(run.model_fn, run.optimizer, run.layout)
             batch = loader.to_global_batch(batch_local, run.batch_sharding)
@@ -107,7 +107,7 @@ def test_checkpoint_from_8_devices_restores_on_1(full_run):
     assert sharded, "the 8-device checkpoint should hold sharded parameters"
     assert all(len(x.sharding.device_set) == 1 for x in jax.tree.leaves(on1["state"]))
     jax.tree.map(np.testing.assert_array_equal, _params_np(on8["state"]), _params_np(on1["state"]))
-    assert on1["meta"]["step"] == 6 and on1["dataset_statistics"]["normalization"] == "quantile"
+    assert on1["meta"]["step"] == 6 and on1["dataset_statistics"]["vla_demo"]["normalization"] == "quantile"
     assert on1["config"]["model"]["width"] == config.model.width
 
 

@@ -1,6 +1,10 @@
 """The ``vla-jax`` command line.
 
     vla-jax train --config experiments/demo.py[:arg] [--config.key=value ...] --workdir DIR
+    vla-jax data list [--json]
+    vla-jax data check NAME --data-dir DIR [--max-episodes N] [--json]
+    vla-jax data stats NAME --data-dir DIR [--json]
+    vla-jax data show NAME --data-dir DIR --out FILE.png [--episodes N]
     vla-jax data demo [--data-dir DIR]
 
 Errors the user can fix (bad config key, missing dataset, corrupt cache,
@@ -10,6 +14,7 @@ unusable checkpoint) are printed as one line and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -48,6 +53,22 @@ def _parser() -> argparse.ArgumentParser:
     data_commands = data.add_subparsers(dest="data_command", required=True)
     demo = data_commands.add_parser("demo", help="generate the embedded demo dataset")
     demo.add_argument("--data-dir", default="", help="where to write it (default: the cache dir)")
+    listing = data_commands.add_parser("list", help="registered datasets and mixtures")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    for name, text in (
+        ("check", "validate a dataset against its spec and scan it for problems (exit 0 only if usable)"),
+        ("stats", "compute (or read the cached) normalization statistics"),
+        ("show", "draw frames, instructions and action/state curves of a few episodes to a PNG"),
+    ):
+        sub = data_commands.add_parser(name, help=text)
+        sub.add_argument("name", help="registered dataset name (see `vla-jax data list`)")
+        sub.add_argument("--data-dir", required=True, help="TFDS data dir holding NAME/[CONFIG/]VERSION/")
+        sub.add_argument("--json", action="store_true", help="print JSON")
+        if name == "check":
+            sub.add_argument("--max-episodes", type=int, default=None, help="scan at most this many episodes")
+        if name == "show":
+            sub.add_argument("--out", required=True, help="PNG file to write")
+            sub.add_argument("--episodes", type=int, default=3, help="how many episodes to draw")
     return parser
 
 
@@ -60,11 +81,37 @@ def _train(args, overrides: list[str]) -> None:
     trainer.train(config, args.workdir, stop_at_step=args.stop_at)
 
 
-def _data(args) -> None:
+def _print(result: dict, as_json: bool, text: str) -> None:
+    print(json.dumps(result, indent=1) if as_json else text)
+
+
+def _data(args) -> int:
     if args.data_command == "demo":
         from vla_jax.data import demo
 
         print(demo.ensure_demo_dataset(args.data_dir or None))
+    elif args.data_command == "list":
+        from vla_jax.data import catalog
+
+        listing = catalog.listing()
+        _print(listing, args.json, catalog.format_listing(listing))
+    elif args.data_command == "check":
+        from vla_jax.data import check
+
+        report = check.check_dataset(args.name, args.data_dir, max_episodes=args.max_episodes)
+        _print(report, args.json, check.format_report(report))
+        return 0 if report["usable"] else 1
+    elif args.data_command == "stats":
+        from vla_jax.data import catalog
+
+        stats = catalog.dataset_statistics(args.name, args.data_dir)
+        _print(stats, args.json, catalog.format_statistics(stats))
+    elif args.data_command == "show":
+        from vla_jax.data import show
+
+        path = show.render(args.name, args.data_dir, args.out, num_episodes=args.episodes)
+        _print({"out": str(path)}, args.json, f"wrote {path}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             _train(args, overrides)
         elif args.command == "data":
-            _data(args)
+            return _data(args)
     except VlaJaxError as e:
         print(f"vla-jax: error: {e}", file=sys.stderr)
         return 2

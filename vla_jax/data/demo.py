@@ -29,7 +29,7 @@ from vla_jax.data import cache_dir
 from vla_jax.errors import DataError
 
 NAME = "vla_demo"
-VERSION = "1.2.0"  # bump whenever the generator changes
+VERSION = "1.3.0"  # bump whenever the generator changes
 MANIFEST = "vla_jax_manifest.json"
 IMAGE_SIZE = 64
 CONTROL_FREQUENCY_HZ = 10.0
@@ -49,6 +49,7 @@ MAX_STEPS = 60
 CONFIG_NAME = "default"
 TRAIN_EPISODES = 2000
 VAL_EPISODES = 50
+NUM_SHARDS = 8  # record files per split, so hosts of a multi-host run read disjoint files
 
 
 def _render(blocks, colors, ee, gripper_open, view, size, shade) -> np.ndarray:
@@ -241,6 +242,7 @@ def generator_fingerprint() -> str:
             MAX_STEPS,
             TRAIN_EPISODES,
             VAL_EPISODES,
+            NUM_SHARDS,
         )
     )
     return hashlib.sha256((source + constants).encode()).hexdigest()[:16]
@@ -295,7 +297,7 @@ def ensure_demo_dataset(data_dir: str | os.PathLike | None = None) -> pathlib.Pa
         tfds.disable_progress_bar()
         print(f"vla_jax: generating the demo dataset into {target} (once)", flush=True)
         builder = _builder_class()(data_dir=str(staging), config=CONFIG_NAME)
-        builder.download_and_prepare()
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(num_shards=NUM_SHARDS))
         built = pathlib.Path(builder.data_dir)
         manifest = {
             "name": NAME, "version": VERSION, "generator": generator_fingerprint(), "files": _file_digests(built),

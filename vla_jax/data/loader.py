@@ -1,8 +1,10 @@
 """From a data config to batches: the whole pipeline, in its one-way order.
 
-RLDS -> standardize -> normalize -> chunk -> flatten to frames -> shuffle (on
-encoded bytes) -> [resume skip] -> decode/resize + tokenize -> batch -> NumPy
--> global ``jax.Array`` on the mesh.
+Per dataset: RLDS files (this host's share) -> standardize -> filter ->
+resample -> normalize -> pad to the unified widths -> goal relabel -> chunk ->
+history -> subsample -> frames -> shuffle (on encoded bytes).
+Then: weighted interleave -> [resume skip] -> decode/resize/augment/drop
+cameras + tokenize -> batch -> NumPy -> global ``jax.Array`` on the mesh.
 """
 
 from __future__ import annotations
@@ -17,20 +19,52 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from vla_jax.data import demo, frame_transforms, standardize, statistics, traj_transforms, trajectory
-from vla_jax.data.specs import DatasetSpec, get_spec
-from vla_jax.errors import ConfigError
+from vla_jax.data import demo, frame_transforms, mixture, standardize, statistics, traj_transforms, trajectory
+from vla_jax.data.specs import DatasetSpec, get_spec, resolve_mixture
+from vla_jax.errors import ConfigError, DataError
 from vla_jax.tokenizers import WordHashTokenizer
 
 
 @dataclasses.dataclass(frozen=True)
 class DataSource:
-    """A dataset ready to read: its spec, where it lives, its statistics."""
+    """One dataset ready to read: spec, location, splits, statistics, rate conversion."""
 
     spec: DatasetSpec
     builder_dir: pathlib.Path
     builder: object  # tfds ReadOnlyBuilder
+    train_split: str
+    val_split: str
+    stride: int  # native steps per training step (control-rate resampling)
     statistics: statistics.DatasetStatistics
+
+    @property
+    def bytes_per_frame(self) -> float:
+        """Encoded bytes per frame on disk (what a frame costs in a shuffle buffer)."""
+        info = self.builder.info
+        episodes = sum(int(split.num_examples) for split in info.splits.values())
+        bytes_per_episode = float(info.dataset_size) / max(episodes, 1)
+        stats = self.statistics
+        native_steps_per_episode = stats.num_transitions * self.stride / max(stats.num_trajectories, 1)
+        return max(bytes_per_episode / max(native_steps_per_episode, 1.0), 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataMixture:
+    """The datasets of a run, their sampling probabilities and the unified widths."""
+
+    name: str
+    sources: tuple[DataSource, ...]
+    probabilities: np.ndarray
+    action_dim: int
+    state_dim: int
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(s.spec.name for s in self.sources)
+
+    def statistics_json(self) -> dict:
+        """Per-dataset statistics with their normalization mode (saved with checkpoints)."""
+        return {s.spec.name: s.statistics.to_json() for s in self.sources}
 
 
 def resolve_builder_dir(spec: DatasetSpec, data_dir: str) -> pathlib.Path:
@@ -42,75 +76,253 @@ def resolve_builder_dir(spec: DatasetSpec, data_dir: str) -> pathlib.Path:
     if not data_dir:
         if spec.name == demo.NAME:
             return demo.ensure_demo_dataset()
-        raise ConfigError(f"dataset {spec.name!r} needs data.data_dir (the directory holding {spec.name}/)")
-    path = pathlib.Path(data_dir) / spec.name
+        raise ConfigError(f"dataset {spec.name!r} needs data.data_dir (the directory holding {spec.rlds_name}/)")
+    parent = pathlib.Path(data_dir) / spec.rlds_name
     if spec.config_name:
-        path = path / spec.config_name
-    path = path / spec.version
+        parent = parent / spec.config_name
+    path = parent / spec.version
+    if not path.exists() and parent.is_dir():
+        found = sorted(p.name for p in parent.iterdir() if (p / "dataset_info.json").is_file())
+        if found:
+            raise DataError(
+                f"dataset {spec.name!r}: version {spec.version} not found in {parent}; found {found} "
+                "(set `version` in the dataset spec to the one you have)"
+            )
     if spec.name == demo.NAME and path.exists():
         demo.verify_cache(path)
     return path
 
 
-def open_source(data_config: ml_collections.ConfigDict) -> DataSource:
-    """Opens the configured dataset and loads (or computes and caches) its statistics."""
+def resolve_splits(spec: DatasetSpec, builder) -> tuple[str, str]:
+    """The train and validation splits by the spec's rule (a named split, or a held-out tail)."""
+    available = set(builder.info.splits)
+    if spec.train_split not in available:
+        raise DataError(f"dataset {spec.name!r} has no split {spec.train_split!r}; it has {sorted(available)}")
+    if spec.val_split is None:
+        percent = round(100 * (1 - spec.val_fraction))
+        train, val = f"{spec.train_split}[:{percent}%]", f"{spec.train_split}[{percent}%:]"
+    else:
+        if spec.val_split not in available:
+            raise DataError(
+                f"dataset {spec.name!r} has no split {spec.val_split!r} (its spec's val_split); it has "
+                f"{sorted(available)}. Set val_split=None to hold out the end of {spec.train_split!r}."
+            )
+        train, val = spec.train_split, spec.val_split
+    for split in (train, val):
+        if trajectory.num_episodes(builder, split) == 0:
+            raise DataError(f"dataset {spec.name!r}: split {split!r} has no episodes")
+    return train, val
+
+
+def _prepared(source_spec: DatasetSpec, data_config, stride: int):
+    """The trajectory transforms up to (not including) normalization, and their description."""
+    fns = [functools.partial(standardize.standardize, spec=source_spec)]
+    filters = []
+    if data_config.skip_unlabeled and source_spec.language_key:
+        filters.append(traj_transforms.has_language)
+    if data_config.max_action > 0:
+        filters.append(functools.partial(traj_transforms.actions_within, max_abs=data_config.max_action))
+    settings = f"stride={stride};skip_unlabeled={data_config.skip_unlabeled};max_action={data_config.max_action}"
+    return fns, filters, settings
+
+
+def _apply_prepared(ds, spec, data_config, stride, threads=None):
+    fns, filters, _ = _prepared(spec, data_config, stride)
+    for fn in fns:
+        ds = trajectory.traj_map(ds, fn, threads)
+    for predicate in filters:
+        ds = ds.filter(predicate)
+    return trajectory.traj_map(ds, functools.partial(traj_transforms.resample, spec=spec, stride=stride), threads)
+
+
+def open_source(spec: DatasetSpec, data_config: ml_collections.ConfigDict) -> DataSource:
+    """Opens one dataset and loads (or computes and caches) its statistics on its train split."""
+    builder_dir = resolve_builder_dir(spec, data_config.data_dir)
+    builder = trajectory.open_builder(builder_dir, spec.name)
+    train, val = resolve_splits(spec, builder)
+    stride = traj_transforms.resample_stride(spec, data_config.target_control_hz)
+    _, filters, settings = _prepared(spec, data_config, stride)
+    trajectories = _apply_prepared(
+        trajectory.from_rlds(builder, train, num_parallel_reads=data_config.read_threads), spec, data_config, stride
+    )
+    without_images = trajectories.map(
+        lambda t: {"action": t["action"], "observation": {"proprio": t["observation"]["proprio"]}}
+    )
+    stats = statistics.load_or_compute(
+        spec,
+        builder_dir,
+        without_images,
+        transforms=[traj_transforms.resample, *[getattr(f, "func", f) for f in filters]],
+        settings=settings,
+    )
+    stats = dataclasses.replace(stats, normalization=data_config.normalization)
+    return DataSource(spec, builder_dir, builder, train, val, stride, stats)
+
+
+def open_mixture(data_config: ml_collections.ConfigDict) -> DataMixture:
+    """Opens every dataset of ``data.mixture`` and works out weights and unified widths."""
     if data_config.normalization not in statistics.NORMALIZATION_MODES:
         raise ConfigError(
             f"config key 'data.normalization' is {data_config.normalization!r}; "
             f"expected one of {statistics.NORMALIZATION_MODES}"
         )
-    spec = get_spec(data_config.dataset)
-    builder_dir = resolve_builder_dir(spec, data_config.data_dir)
-    builder = trajectory.open_builder(builder_dir, spec.name)
-    standardized = trajectory.traj_map(
-        trajectory.from_rlds(builder, data_config.train_split), functools.partial(standardize.standardize, spec=spec)
+    mix = resolve_mixture(data_config.mixture)
+    sources = tuple(open_source(get_spec(name), data_config) for name, _ in mix.weights)
+    probabilities = mixture.sampling_weights(
+        [w for _, w in mix.weights], [s.statistics.num_transitions for s in sources], data_config.balance_weights
     )
-    stats = statistics.load_or_compute(spec, builder_dir, _without_images(standardized))
-    return DataSource(spec, builder_dir, builder, stats)
+    widths = {}
+    for key, have in (
+        ("action_dim", [s.spec.action_dim for s in sources]),
+        ("state_dim", [len(s.statistics.state.mean) for s in sources]),
+    ):
+        wanted = data_config[key]
+        widths[key] = wanted or max(have)
+        if max(have) > widths[key]:
+            worst = sources[int(np.argmax(have))].spec.name
+            raise ConfigError(
+                f"config key 'data.{key}' is {wanted}, but dataset {worst!r} has {max(have)} dims "
+                "(0 means: the largest in the mixture)"
+            )
+    return DataMixture(mix.name, sources, probabilities, widths["action_dim"], widths["state_dim"])
 
 
-def _without_images(ds: tf.data.Dataset) -> tf.data.Dataset:
-    return ds.map(lambda t: {"action": t["action"], "observation": {"proprio": t["observation"]["proprio"]}})
+def _trajectory_seed(seed: int, dataset_index: int, traj_index: tf.Tensor) -> tf.Tensor:
+    return frame_transforms.op_seed(tf.constant([seed, dataset_index], tf.int64), traj_index)
 
 
-def _frames(source: DataSource, data_config: ml_collections.ConfigDict, split: str, shard: tuple[int, int]):
-    """Normalized, chunked frames of one split with images still encoded."""
-    ds = trajectory.from_rlds(source.builder, split)
-    ds = ds.shard(shard[1], shard[0]) if shard[1] > 1 else ds
-    ds = trajectory.traj_map(ds, functools.partial(standardize.standardize, spec=source.spec))
-    ds = trajectory.traj_map(
-        ds,
-        functools.partial(
-            traj_transforms.normalize_trajectory, stats=source.statistics, mode=data_config.normalization
-        ),
+def _frames(
+    source: DataSource,
+    dataset_index: int,
+    mix: DataMixture,
+    data_config: ml_collections.ConfigDict,
+    *,
+    training: bool,
+    seed: int,
+    threads: int,
+    read_threads: int,
+) -> tf.data.Dataset:
+    """One dataset's normalized, chunked frames with images still encoded."""
+    spec = source.spec
+    shard = (jax.process_index(), jax.process_count())
+    split = source.train_split if training else source.val_split
+    ds = trajectory.from_rlds(
+        source.builder,
+        split,
+        shuffle_seed=seed + dataset_index if training else None,
+        num_parallel_reads=read_threads,
+        shard=shard,
     )
-    ds = trajectory.traj_map(ds, functools.partial(traj_transforms.chunk_actions, horizon=data_config.action_horizon))
+    if training:
+        ds = ds.repeat()
+    ds = _apply_prepared(ds, spec, data_config, source.stride, threads)
+    mode = data_config.normalization
+
+    def finish(index, traj):
+        traj = traj_transforms.normalize_trajectory(traj, source.statistics, mode)
+        traj = traj_transforms.pad_dims(traj, mix.action_dim, mix.state_dim)
+        length = tf.shape(traj["action"])[0]
+        traj["dataset_index"] = tf.fill([length], dataset_index)
+        traj["control_hz"] = tf.fill([length], tf.constant(spec.control_frequency_hz / source.stride, tf.float32))
+        if data_config.goal_relabeling:
+            traj = traj_transforms.relabel_goal(
+                traj, tuple(data_config.cameras), _trajectory_seed(seed, dataset_index, 2 * index)
+            )
+        traj = traj_transforms.chunk_actions(traj, data_config.action_horizon)
+        traj = traj_transforms.history_window(traj, data_config.history)
+        if training and data_config.subsample_length > 0:
+            traj = traj_transforms.subsample(
+                traj, data_config.subsample_length, _trajectory_seed(seed, dataset_index, 2 * index + 1)
+            )
+        for key in ("episode_metadata", "timestep"):
+            traj.pop(key, None)
+        return traj
+
+    ds = ds.enumerate().map(finish, num_parallel_calls=threads, deterministic=True)
     return trajectory.flatten(ds)
 
 
-def _to_model_inputs(frame: dict, data_config: ml_collections.ConfigDict) -> dict:
-    """Decodes images, tokenizes the instruction and flattens to the batch layout."""
-    cameras = tuple(data_config.cameras)
-    frame = frame_transforms.decode_and_resize(frame, cameras, data_config.image_size)
+def _to_model_inputs(frame: dict, data_config: ml_collections.ConfigDict, seed: tf.Tensor | None) -> dict:
+    """Decodes (and, with a seed, augments) images, tokenizes the instruction, flattens to the batch layout."""
+    cameras, depth_cameras = tuple(data_config.cameras), tuple(data_config.depth_cameras)
+    decode = functools.partial(
+        frame_transforms.decode_frame,
+        cameras=cameras,
+        depth_cameras=depth_cameras,
+        size=data_config.image_size,
+        mode=data_config.resize_mode,
+    )
+    frame = _map_over_window(frame, decode, data_config) if data_config.history > 1 else decode(frame)
+    if seed is not None:
+        augment = {role: dict(ops) for role, ops in dict(data_config.augment).items() if role in cameras}
+        frame = frame_transforms.augment_frame(frame, augment, seed) if augment else frame
+        frame = frame_transforms.drop_cameras(frame, cameras, data_config.image_dropout, seed)
     text_ids, text_mask = WordHashTokenizer(data_config.text_vocab_size, data_config.max_text_length).encode_tf(
         frame["language_instruction"]
     )
     obs = frame["observation"]
     out = {
         "state": obs["proprio"],
+        "state_dim_mask": frame["state_dim_mask"],
         "text_ids": text_ids,
         "text_mask": text_mask,
         "actions": frame["action"],
         "action_mask": frame["action_mask"],
+        "action_dim_mask": frame["action_dim_mask"],
+        "action_space": frame["action_space"],
+        "dataset_index": frame["dataset_index"],
+        "control_hz": frame["control_hz"],
     }
+    if "history_mask" in frame:
+        out["history_mask"] = frame["history_mask"]
     for role in cameras:
         out[f"image_{role}"] = obs[f"image_{role}"]
         out[f"image_{role}_mask"] = obs[f"image_{role}_present"]
+        if f"goal_image_{role}" in frame:
+            out[f"goal_image_{role}"] = frame[f"goal_image_{role}"]
+    for role in depth_cameras:
+        out[f"depth_{role}"] = obs[f"depth_{role}"]
+        out[f"depth_{role}_mask"] = obs[f"depth_{role}_present"]
     return out
 
 
+def _map_over_window(frame: dict, decode, data_config) -> dict:
+    """Applies a single-frame decode to each step of a history window (goal images once)."""
+    frame = dict(frame)
+    size, mode = data_config.image_size, data_config.resize_mode
+    for key in [k for k in frame if k.startswith("goal_image_")]:
+        frame[key] = tf.cond(
+            tf.strings.length(frame[key]) > 0,
+            lambda g=frame[key]: frame_transforms.decode_image(g, size, mode),
+            lambda: tf.zeros([size, size, 3], tf.uint8),
+        )
+    obs = frame["observation"]
+
+    def one(step_obs):
+        return decode({"observation": step_obs})["observation"]
+
+    signature = tf.nest.map_structure(lambda x: tf.TensorSpec.from_tensor(x[0]), one({k: v[0] for k, v in obs.items()}))
+    decoded = tf.map_fn(one, obs, fn_output_signature=signature)
+    return dict(frame, observation=decoded)
+
+
+def _local_batch_size(global_batch_size: int) -> int:
+    process_count = jax.process_count()
+    if global_batch_size % process_count:
+        raise ConfigError(f"batch_size {global_batch_size} is not divisible by the {process_count} processes")
+    return global_batch_size // process_count
+
+
+def _options(data_config: ml_collections.ConfigDict) -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = True
+    options.autotune.ram_budget = int(data_config.ram_budget_gb * 2**30)
+    options.experimental_optimization.map_parallelization = True
+    return options
+
+
 def train_batches(
-    source: DataSource,
+    mix: DataMixture,
     data_config: ml_collections.ConfigDict,
     *,
     global_batch_size: int,
@@ -121,30 +333,49 @@ def train_batches(
 
     The stream is a function of ``seed`` alone; resuming at ``start_step`` skips
     the frames of earlier steps before their images are decoded, so a resumed
-    run sees exactly the batches an uninterrupted run would have.
+    run sees exactly the batches (and augmentations) an uninterrupted run would.
     """
-    process_count, process_index = jax.process_count(), jax.process_index()
-    if global_batch_size % process_count:
-        raise ConfigError(f"batch_size {global_batch_size} is not divisible by the {process_count} processes")
-    local_batch = global_batch_size // process_count
-    ds = _frames(source, data_config, data_config.train_split, (process_index, process_count))
-    ds = ds.repeat().shuffle(data_config.shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.skip(start_step * local_batch)
-    ds = trajectory.frame_map(ds, functools.partial(_to_model_inputs, data_config=data_config))
-    ds = ds.batch(local_batch, drop_remainder=True).prefetch(2)
+    local_batch = _local_batch_size(global_batch_size)
+    probabilities = mix.probabilities
+    threads = mixture.split_budget(data_config.transform_threads, probabilities)
+    reads = mixture.split_budget(data_config.read_threads, probabilities)
+    budget = data_config.ram_budget_gb * 2**30 * data_config.shuffle_ram_fraction
+    frame_cost = [s.bytes_per_frame * max(1, data_config.history) for s in mix.sources]
+    buffers = mixture.shuffle_buffers(probabilities, frame_cost, budget, data_config.shuffle_buffer_size)
+    per_dataset = [
+        _frames(s, i, mix, data_config, training=True, seed=seed, threads=threads[i], read_threads=reads[i]).shuffle(
+            buffers[i], seed=seed + 1000 + i, reshuffle_each_iteration=True
+        )
+        for i, s in enumerate(mix.sources)
+    ]
+    ds = mixture.interleave(per_dataset, probabilities, seed)
+    ds = ds.enumerate().skip(start_step * local_batch)
+    base_seed = tf.constant([seed, 7], tf.int64)
+    ds = ds.map(
+        lambda i, frame: _to_model_inputs(frame, data_config, frame_transforms.op_seed(base_seed, i)),
+        num_parallel_calls=data_config.transform_threads,
+        deterministic=True,
+    )
+    ds = ds.batch(local_batch, drop_remainder=True).prefetch(2).with_options(_options(data_config))
     return ds.as_numpy_iterator()
 
 
 def val_batches(
-    source: DataSource, data_config: ml_collections.ConfigDict, *, global_batch_size: int
+    mix: DataMixture, data_config: ml_collections.ConfigDict, *, global_batch_size: int
 ) -> list[dict[str, np.ndarray]]:
-    """The validation split in a fixed order, at most ``data.val_batches`` full batches."""
-    process_count, process_index = jax.process_count(), jax.process_index()
-    local_batch = global_batch_size // process_count
-    ds = _frames(source, data_config, data_config.val_split, (process_index, process_count))
-    ds = trajectory.frame_map(ds, functools.partial(_to_model_inputs, data_config=data_config))
+    """At most ``data.val_batches`` full batches of the validation splits, mixed in a fixed order."""
+    local_batch = _local_batch_size(global_batch_size)
+    per_dataset = [
+        _frames(s, i, mix, data_config, training=False, seed=0, threads=2, read_threads=1)
+        for i, s in enumerate(mix.sources)
+    ]
+    if len(per_dataset) == 1:  # one dataset: each validation frame once, in order
+        ds = per_dataset[0]
+    else:  # several: drawn with the mixture's weights in a fixed order
+        ds = mixture.interleave([d.repeat() for d in per_dataset], mix.probabilities, seed=0)
+    ds = ds.map(functools.partial(_to_model_inputs, data_config=data_config, seed=None), num_parallel_calls=4)
     ds = ds.batch(local_batch, drop_remainder=True).take(data_config.val_batches)
-    return list(ds.as_numpy_iterator())
+    return list(ds.with_options(_options(data_config)).as_numpy_iterator())
 
 
 def to_global_batch(local_batch: dict[str, np.ndarray], sharding: jax.sharding.NamedSharding) -> dict[str, jax.Array]:

@@ -16,8 +16,10 @@ import inspect
 import json
 import os
 import pathlib
+from collections.abc import Callable, Sequence
 
 import numpy as np
+import tensorflow as tf
 
 from vla_jax.data import cache_dir
 from vla_jax.data import standardize as standardize_module
@@ -59,8 +61,10 @@ class DatasetStatistics:
     num_transitions: int
     num_trajectories: int
     action_mask: tuple[bool, ...]  # which action dims are normalized
+    normalization: str = "quantile"  # the mode these statistics are used with
 
     def to_json(self) -> dict:
+        bin_width = lambda a: ((a.max - a.min) / HISTOGRAM_BINS).tolist()  # noqa: E731
         return {
             "dataset": self.dataset,
             "fingerprint": self.fingerprint,
@@ -69,6 +73,8 @@ class DatasetStatistics:
             "num_transitions": self.num_transitions,
             "num_trajectories": self.num_trajectories,
             "action_mask": list(self.action_mask),
+            "normalization": self.normalization,
+            "quantile_max_error": {"action": bin_width(self.action), "state": bin_width(self.state)},
         }
 
     @classmethod
@@ -81,95 +87,139 @@ class DatasetStatistics:
             num_transitions=int(data["num_transitions"]),
             num_trajectories=int(data["num_trajectories"]),
             action_mask=tuple(bool(m) for m in data["action_mask"]),
+            normalization=data.get("normalization", "quantile"),
         )
 
 
-class _RunningStats:
-    """Two-pass streaming statistics of rows ``[N, D]``."""
+def _moments(rows: tf.Tensor) -> dict:
+    rows = tf.cast(rows, tf.float64)
+    return {
+        "count": tf.shape(rows, out_type=tf.int64)[0],
+        "sum": tf.reduce_sum(rows, 0),
+        "sum_sq": tf.reduce_sum(rows**2, 0),
+        "min": tf.reduce_min(tf.concat([rows, tf.fill([1, tf.shape(rows)[1]], tf.constant(np.inf, tf.float64))], 0), 0),
+        "max": tf.reduce_max(
+            tf.concat([rows, tf.fill([1, tf.shape(rows)[1]], tf.constant(-np.inf, tf.float64))], 0), 0
+        ),
+    }
 
-    def __init__(self):
-        self.count = 0
-        self.sum = self.sum_sq = self.min = self.max = self.hist = None
 
-    def add_moments(self, rows: np.ndarray) -> None:
-        rows = rows.astype(np.float64)
-        if self.sum is None:
-            dim = rows.shape[1]
-            self.sum, self.sum_sq = np.zeros(dim), np.zeros(dim)
-            self.min, self.max = np.full(dim, np.inf), np.full(dim, -np.inf)
-        self.count += len(rows)
-        self.sum += rows.sum(0)
-        self.sum_sq += (rows**2).sum(0)
-        self.min = np.minimum(self.min, rows.min(0, initial=np.inf))
-        self.max = np.maximum(self.max, rows.max(0, initial=-np.inf))
+def _histogram(rows: tf.Tensor, low: np.ndarray, high: np.ndarray) -> tf.Tensor:
+    """Per-dim counts ``[D, HISTOGRAM_BINS]`` of ``rows [N, D]`` over ``[low, high]``."""
+    rows = tf.cast(rows, tf.float64)
+    width = np.maximum(high - low, _EPS)
+    bins = tf.clip_by_value(tf.cast(tf.floor((rows - low) / width * HISTOGRAM_BINS), tf.int64), 0, HISTOGRAM_BINS - 1)
+    dim = len(low)
+    flat = tf.reshape(bins + tf.range(dim, dtype=tf.int64)[None, :] * HISTOGRAM_BINS, [-1])
+    counts = tf.math.bincount(flat, minlength=dim * HISTOGRAM_BINS, maxlength=dim * HISTOGRAM_BINS, dtype=tf.int64)
+    return tf.reshape(counts, [dim, HISTOGRAM_BINS])
 
-    def add_histogram(self, rows: np.ndarray) -> None:
-        dim = rows.shape[1]
-        if self.hist is None:
-            self.hist = np.zeros((dim, HISTOGRAM_BINS), np.int64)
-        width = np.maximum(self.max - self.min, _EPS)
-        bins = np.clip(((rows - self.min) / width * HISTOGRAM_BINS).astype(np.int64), 0, HISTOGRAM_BINS - 1)
-        for d in range(dim):
-            self.hist[d] += np.bincount(bins[:, d], minlength=HISTOGRAM_BINS)
 
-    def _quantile(self, q: float) -> np.ndarray:
-        cdf = np.cumsum(self.hist, axis=1) / self.count
-        width = np.maximum(self.max - self.min, _EPS)
-        out = np.empty(len(cdf))
-        for d, row in enumerate(cdf):
-            b = int(np.searchsorted(row, q))
-            below = row[b - 1] if b > 0 else 0.0
-            inside = (q - below) / max(row[b] - below, _EPS)  # linear within the bin
-            out[d] = self.min[d] + (b + inside) / HISTOGRAM_BINS * width[d]
-        return np.clip(out, self.min, self.max)
+def _quantile(hist: np.ndarray, count: int, low: np.ndarray, high: np.ndarray, q: float) -> np.ndarray:
+    """The ``q`` quantile per dim, linear within the histogram bin it falls in."""
+    cdf = np.cumsum(hist, axis=1) / count
+    width = np.maximum(high - low, _EPS)
+    out = np.empty(len(cdf))
+    for d, row in enumerate(cdf):
+        b = int(np.searchsorted(row, q))
+        below = row[b - 1] if b > 0 else 0.0
+        inside = (q - below) / max(row[b] - below, _EPS)
+        out[d] = low[d] + (b + inside) / HISTOGRAM_BINS * width[d]
+    return np.clip(out, low, high)
 
-    def finish(self) -> ArrayStats:
-        mean = self.sum / self.count
-        std = np.sqrt(np.maximum(self.sum_sq / self.count - mean**2, 0.0))
+
+def _keyed_rows(traj: dict) -> dict:
+    return {"action": traj["action"], "state": traj["observation"]["proprio"]}
+
+
+def compute_statistics(trajectories: tf.data.Dataset, spec: DatasetSpec, fingerprint_: str) -> DatasetStatistics:
+    """Two streaming passes over standardized trajectories (no images needed).
+
+    Each trajectory is reduced to partial sums (then histograms) inside a
+    parallel tf.data map; only those small partials reach Python, so memory is
+    independent of the dataset's size.
+    """
+    partial = trajectories.map(
+        lambda t: {k: _moments(v) for k, v in _keyed_rows(t).items()}, num_parallel_calls=tf.data.AUTOTUNE
+    )
+    totals: dict[str, dict] = {}
+    num_trajectories = 0
+    for part in partial.as_numpy_iterator():
+        num_trajectories += 1
+        for key, m in part.items():
+            if key not in totals:
+                totals[key] = dict(m)
+                continue
+            t = totals[key]
+            t["count"] += m["count"]
+            t["sum"], t["sum_sq"] = t["sum"] + m["sum"], t["sum_sq"] + m["sum_sq"]
+            t["min"], t["max"] = np.minimum(t["min"], m["min"]), np.maximum(t["max"], m["max"])
+    if num_trajectories == 0 or totals["action"]["count"] == 0:
+        raise DataError(f"dataset {spec.name!r}: no steps to compute statistics from")
+    for key, t in totals.items():
+        if not (np.all(np.isfinite(t["min"])) and np.all(np.isfinite(t["max"]))) and t["count"] > 0:
+            bad = [d for d in range(len(t["min"])) if not np.isfinite(t["min"][d] + t["max"][d])]
+            raise DataError(
+                f"dataset {spec.name!r}: {key} dims {bad} hold NaN or inf values; "
+                f"run `vla-jax data check {spec.name}` to find the episodes"
+            )
+    bounds = {k: (t["min"], t["max"]) for k, t in totals.items()}
+    hists = trajectories.map(
+        lambda t: {k: _histogram(v, *bounds[k]) for k, v in _keyed_rows(t).items()},
+        num_parallel_calls=tf.data.AUTOTUNE,
+    ).reduce({k: tf.zeros([len(b[0]), HISTOGRAM_BINS], tf.int64) for k, b in bounds.items()},
+             lambda acc, h: {k: acc[k] + h[k] for k in acc})  # fmt: skip
+    result = {}
+    for key, t in totals.items():
+        count, low, high = int(t["count"]), t["min"], t["max"]
+        hist = hists[key].numpy()
+        mean = t["sum"] / max(count, 1)
+        std = np.sqrt(np.maximum(t["sum_sq"] / max(count, 1) - mean**2, 0.0))
+        if count == 0:  # a state-less dataset: zero-width stats
+            result[key] = ArrayStats(*(np.zeros(len(low), np.float32) for _ in range(6)))
+            continue
         f32 = lambda x: np.asarray(x, np.float32)  # noqa: E731
-        return ArrayStats(
-            f32(mean), f32(std), f32(self.min), f32(self.max), f32(self._quantile(0.01)), f32(self._quantile(0.99))
-        )
+        result[key] = ArrayStats(
+            f32(mean), f32(std), f32(low), f32(high),
+            f32(_quantile(hist, count, low, high, 0.01)), f32(_quantile(hist, count, low, high, 0.99)),
+        )  # fmt: skip
+    return DatasetStatistics(
+        dataset=spec.name,
+        fingerprint=fingerprint_,
+        action=result["action"],
+        state=result["state"],
+        num_transitions=int(totals["action"]["count"]),
+        num_trajectories=num_trajectories,
+        action_mask=spec.normalize_action,
+    )
 
 
-def fingerprint(spec: DatasetSpec, builder_dir: pathlib.Path) -> str:
-    """Hash of everything the statistics depend on, transform source code included."""
+def fingerprint(
+    spec: DatasetSpec, builder_dir: pathlib.Path, transforms: Sequence[Callable] = (), settings: str = ""
+) -> str:
+    """Hash of everything the statistics depend on, transform source code included.
+
+    Covers the builder's metadata files, the spec, ``settings`` (a description
+    of the pipeline options that change the data, e.g. the resampling stride)
+    and the source of: standardization, the module defining the spec's
+    ``standardize_fn``, each of ``transforms`` and this module's reductions.
+    """
     digest = hashlib.sha256()
     for name in ("dataset_info.json", "features.json"):
         path = builder_dir / name
         if path.is_file():
             digest.update(path.read_bytes())
-    digest.update(repr(dataclasses.replace(spec, raw_transform=None)).encode())
-    sources = [inspect.getsource(standardize_module), inspect.getsource(_RunningStats)]
-    if spec.raw_transform is not None:
-        sources.append(inspect.getsource(spec.raw_transform))
+    digest.update(repr(dataclasses.replace(spec, standardize_fn=None)).encode())
+    digest.update(settings.encode())
+    functions = [*transforms, _moments, _histogram, _quantile, compute_statistics]
+    sources = [inspect.getsource(standardize_module)] + [inspect.getsource(f) for f in functions]
+    if spec.standardize_fn is not None:  # its whole module: shared helpers count too
+        fn = inspect.unwrap(getattr(spec.standardize_fn, "func", spec.standardize_fn))
+        module = inspect.getmodule(fn)
+        sources.append(inspect.getsource(module) if module is not None else inspect.getsource(fn))
     for source in sources:
         digest.update(source.encode())
     return digest.hexdigest()[:16]
-
-
-def compute_statistics(trajectories, spec: DatasetSpec, fingerprint_: str) -> DatasetStatistics:
-    """Streams a standardized trajectory dataset (no images needed) twice."""
-    action_stats, state_stats = _RunningStats(), _RunningStats()
-    num_trajectories = 0
-    for traj in trajectories.as_numpy_iterator():
-        action_stats.add_moments(traj["action"])
-        state_stats.add_moments(traj["observation"]["proprio"])
-        num_trajectories += 1
-    if num_trajectories == 0 or action_stats.count == 0:
-        raise DataError(f"dataset {spec.name!r}: no steps to compute statistics from")
-    for traj in trajectories.as_numpy_iterator():
-        action_stats.add_histogram(traj["action"])
-        state_stats.add_histogram(traj["observation"]["proprio"])
-    return DatasetStatistics(
-        dataset=spec.name,
-        fingerprint=fingerprint_,
-        action=action_stats.finish(),
-        state=state_stats.finish(),
-        num_transitions=action_stats.count,
-        num_trajectories=num_trajectories,
-        action_mask=spec.normalize_action,
-    )
 
 
 def _cache_paths(builder_dir: pathlib.Path, spec: DatasetSpec, fp: str) -> list[pathlib.Path]:
@@ -177,13 +227,20 @@ def _cache_paths(builder_dir: pathlib.Path, spec: DatasetSpec, fp: str) -> list[
     return [builder_dir / name, cache_dir() / "statistics" / spec.name / name]
 
 
-def load_or_compute(spec: DatasetSpec, builder_dir: pathlib.Path, trajectories) -> DatasetStatistics:
+def load_or_compute(
+    spec: DatasetSpec,
+    builder_dir: pathlib.Path,
+    trajectories: tf.data.Dataset,
+    *,
+    transforms: Sequence[Callable] = (),
+    settings: str = "",
+) -> DatasetStatistics:
     """Cached statistics for ``spec`` if their fingerprint matches, else computed and cached.
 
     The cache goes next to the data, or to the user cache dir if the data
     directory is read-only. Files are written atomically (temp file + rename).
     """
-    fp = fingerprint(spec, builder_dir)
+    fp = fingerprint(spec, builder_dir, transforms, settings)
     paths = _cache_paths(builder_dir, spec, fp)
     for path in paths:
         if path.is_file():

@@ -49,44 +49,79 @@ def open_builder(builder_dir: str | pathlib.Path, dataset_name: str):
         raise DataError(f"dataset {dataset_name!r}: cannot open RLDS builder at {path}: {e}") from None
 
 
-def from_rlds(builder, split: str, *, num_parallel_reads: int = 1) -> tf.data.Dataset:
+def from_rlds(
+    builder,
+    split: str,
+    *,
+    shuffle_seed: int | None = None,
+    num_parallel_reads: int = 1,
+    shard: tuple[int, int] = (0, 1),
+) -> tf.data.Dataset:
     """Episodes of an RLDS split as trajectories; images stay encoded.
 
     Each element holds the episode's ``steps`` features stacked over time plus
     ``episode_metadata`` (if the dataset has it), broadcast to every step.
+
+    Args:
+      split: a tfds split, sub-splits like ``train[:95%]`` included.
+      shuffle_seed: if set, the order of the files is shuffled with this seed
+        (reshuffled, deterministically, on every repetition).
+      num_parallel_reads: how many files are read at once.
+      shard: ``(index, count)``: this reader gets every ``count``-th file of the
+        split starting at ``index``, so readers never share a file. With fewer
+        files than readers it falls back to disjoint ranges of episodes.
     """
-    if split not in builder.info.splits:
-        raise DataError(f"dataset {builder.name!r} has no split {split!r}; it has {sorted(builder.info.splits)}")
+    import tensorflow_datasets as tfds
+
+    base = split.split("[")[0]
+    if base not in builder.info.splits:
+        raise DataError(f"dataset {builder.name!r} has no split {base!r}; it has {sorted(builder.info.splits)}")
+    index, count = shard
+    read_config = dict(
+        interleave_cycle_length=num_parallel_reads,
+        shuffle_seed=shuffle_seed,
+        shuffle_reshuffle_each_iteration=True,
+        try_autocache=False,
+    )
+    if count > 1:
+        if num_files(builder, split) >= count:
+            read_config["input_context"] = tf.distribute.InputContext(count, index, 1)
+        else:
+            split = tfds.even_splits(split, count)[index]
     decoders = {"steps": _skip_image_decoding(builder.info.features["steps"])}
     episodes = builder.as_dataset(
         split=split,
         decoders=decoders,
-        shuffle_files=False,
-        read_config=_read_config(num_parallel_reads),
+        shuffle_files=shuffle_seed is not None,
+        read_config=tfds.ReadConfig(**read_config),
     )
 
     def to_trajectory(episode):
         steps = episode["steps"].batch(2**31 - 1).get_single_element()
         if "episode_metadata" in episode:
-            length = tf.shape(steps["action"])[0]
+            length = tf.shape(tf.nest.flatten(steps)[0])[0]
             steps["episode_metadata"] = tf.nest.map_structure(
                 lambda x: tf.repeat(x[None], length, axis=0), episode["episode_metadata"]
             )
         return steps
 
-    return episodes.map(to_trajectory, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return episodes.map(to_trajectory, num_parallel_calls=num_parallel_reads, deterministic=True)
 
 
-def _read_config(num_parallel_reads: int):
-    import tensorflow_datasets as tfds
+def num_files(builder, split: str) -> int:
+    """How many record files hold (part of) ``split``."""
+    return len(builder.info.splits[split].file_instructions)
 
-    return tfds.ReadConfig(interleave_cycle_length=num_parallel_reads, shuffle_seed=None, try_autocache=False)
+
+def num_episodes(builder, split: str) -> int:
+    return int(builder.info.splits[split].num_examples)
 
 
-def traj_map(ds: tf.data.Dataset, fn: Callable[[Trajectory], Trajectory], parallel: bool = True) -> tf.data.Dataset:
-    """Applies ``fn`` to whole trajectories."""
-    calls = tf.data.AUTOTUNE if parallel else None
-    return ds.map(fn, num_parallel_calls=calls, deterministic=True)
+def traj_map(
+    ds: tf.data.Dataset, fn: Callable[[Trajectory], Trajectory], threads: int | None = None
+) -> tf.data.Dataset:
+    """Applies ``fn`` to whole trajectories, on ``threads`` threads (None: autotuned)."""
+    return ds.map(fn, num_parallel_calls=threads or tf.data.AUTOTUNE, deterministic=True)
 
 
 def flatten(ds: tf.data.Dataset) -> tf.data.Dataset:
@@ -94,6 +129,6 @@ def flatten(ds: tf.data.Dataset) -> tf.data.Dataset:
     return ds.flat_map(tf.data.Dataset.from_tensor_slices)
 
 
-def frame_map(ds: tf.data.Dataset, fn: Callable[[dict], dict]) -> tf.data.Dataset:
+def frame_map(ds: tf.data.Dataset, fn: Callable[[dict], dict], threads: int | None = None) -> tf.data.Dataset:
     """Applies ``fn`` to single frames (after :func:`flatten`), in parallel, order kept."""
-    return ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.map(fn, num_parallel_calls=threads or tf.data.AUTOTUNE, deterministic=True)

@@ -85,13 +85,17 @@ class VLA(nnx.Module):
     def loss(self, batch: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Masked mean squared error in normalized action units, plus metrics."""
         predicted = self(batch)
-        metrics = action_errors(predicted, batch["actions"], batch["action_mask"])
+        metrics = action_errors(predicted, batch["actions"], action_weight(batch))
         return metrics["mse"], metrics
 
 
-def action_errors(predicted: jax.Array, target: jax.Array, chunk_mask: jax.Array) -> dict[str, jax.Array]:
-    """Mean squared and mean absolute error over valid chunk steps and all dims."""
-    weight = jnp.broadcast_to(chunk_mask[..., None], target.shape).astype(jnp.float32)
+def action_weight(batch: dict[str, jax.Array]) -> jax.Array:
+    """1 where a target counts: a real chunk step (not end-of-episode padding) and a real dim (not width padding)."""
+    return (batch["action_mask"][:, :, None] & batch["action_dim_mask"][:, None, :]).astype(jnp.float32)
+
+
+def action_errors(predicted: jax.Array, target: jax.Array, weight: jax.Array) -> dict[str, jax.Array]:
+    """Mean squared and mean absolute error over the entries where ``weight`` is 1."""
     count = jnp.maximum(weight.sum(), 1.0)
     diff = predicted - target
     return {"mse": (jnp.square(diff) * weight).sum() / count, "mae": (jnp.abs(diff) * weight).sum() / count}

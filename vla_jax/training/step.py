@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from vla_jax.models.vla import action_errors
+from vla_jax.models.vla import action_errors, action_weight
 from vla_jax.training.state import StateLayout
 
 
@@ -37,8 +37,9 @@ def make_eval_step(layout: StateLayout, batch_sharding):
 
     def eval_step(params: dict, batch: dict) -> dict:
         predicted = nnx.merge(layout.graphdef, params)(batch)
-        errors = action_errors(predicted, batch["actions"], batch["action_mask"])
-        count = jnp.sum(batch["action_mask"]) * batch["actions"].shape[-1]
+        weight = action_weight(batch)
+        errors = action_errors(predicted, batch["actions"], weight)
+        count = jnp.sum(weight)
         return {"abs_sum": errors["mae"] * count, "sq_sum": errors["mse"] * count, "count": count}
 
     return jax.jit(eval_step, in_shardings=(layout.shardings["params"], batch_sharding))

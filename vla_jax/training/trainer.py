@@ -22,14 +22,14 @@ from vla_jax.models.vla import VLA, IOShapes, build_model
 from vla_jax.training import checkpoint, metrics, optimizer, state, step
 
 
-def io_shapes(config: ml_collections.ConfigDict, source: loader.DataSource) -> IOShapes:
+def io_shapes(config: ml_collections.ConfigDict, mix: loader.DataMixture) -> IOShapes:
     return IOShapes(
         cameras=tuple(config.data.cameras),
         image_size=config.data.image_size,
         text_vocab_size=config.data.text_vocab_size,
         text_length=config.data.max_text_length,
-        state_dim=len(source.statistics.state.mean),
-        action_dim=source.spec.action_dim,
+        state_dim=mix.state_dim,
+        action_dim=mix.action_dim,
         action_horizon=config.data.action_horizon,
     )
 
@@ -38,7 +38,11 @@ def io_shapes(config: ml_collections.ConfigDict, source: loader.DataSource) -> I
 # other values cannot be resumed.
 STATE_DEFINING_KEYS = (
     "model",
-    "data.dataset",
+    "data.mixture",
+    "data.action_dim",
+    "data.state_dim",
+    "data.history",
+    "data.depth_cameras",
     "data.cameras",
     "data.image_size",
     "data.max_text_length",
@@ -73,14 +77,18 @@ def _flat_diff(prefix: str, old, new):
         yield prefix, (old, new)
 
 
-def mean_action_baseline(val: list[dict], source: loader.DataSource, mode: str) -> float:
-    """Mean absolute error of always predicting the training mean action (normalized)."""
-    stats = source.statistics
-    mean = normalize(stats.action.mean, stats.action, mode, stats.action_mask)
+def mean_action_baseline(val: list[dict], mix: loader.DataMixture) -> float:
+    """Mean absolute error of always predicting each dataset's mean action (normalized units)."""
+    means = np.zeros((len(mix.sources), mix.action_dim), np.float32)
+    for i, source in enumerate(mix.sources):
+        stats = source.statistics
+        mean = normalize(stats.action.mean, stats.action, stats.normalization, stats.action_mask)
+        means[i, : len(mean)] = mean
     abs_sum = count = 0.0
     for batch in val:
-        weight = np.broadcast_to(batch["action_mask"][..., None], batch["actions"].shape)
-        abs_sum += float((np.abs(batch["actions"] - mean) * weight).sum())
+        weight = batch["action_mask"][:, :, None] & batch["action_dim_mask"][:, None, :]
+        predicted = means[batch["dataset_index"]][:, None, :]
+        abs_sum += float((np.abs(batch["actions"] - predicted) * weight).sum())
         count += float(weight.sum())
     return abs_sum / max(count, 1.0)
 
@@ -100,7 +108,7 @@ class Setup:
 
     mesh: jax.sharding.Mesh
     rules: tuple
-    source: loader.DataSource
+    data: loader.DataMixture
     optimizer: optax.GradientTransformation
     model_fn: Callable[[], VLA]
     layout: state.StateLayout
@@ -108,15 +116,15 @@ class Setup:
 
 
 def setup(config: ml_collections.ConfigDict, devices=None) -> Setup:
-    """Mesh, data source, optimizer and the train state's layout for ``config``."""
+    """Mesh, data mixture, optimizer and the train state's layout for ``config``."""
     mesh = sharding.make_mesh(dict(config.mesh), devices)
     rules = tuple(tuple(r) for r in config.sharding.rules)
-    source = loader.open_source(config.data)
+    data = loader.open_mixture(config.data)
     tx = optimizer.make_optimizer(config.optimizer, config.num_steps)
-    model_fn = functools.partial(build_model, config.model, io_shapes(config, source), config.seed)
+    model_fn = functools.partial(build_model, config.model, io_shapes(config, data), config.seed)
     with sharding.logical_rules(rules):
         layout = state.make_layout(model_fn, tx, mesh, rules, config.sharding.fsdp_min_bytes)
-    return Setup(mesh, rules, source, tx, model_fn, layout, sharding.batch_sharding(mesh))
+    return Setup(mesh, rules, data, tx, model_fn, layout, sharding.batch_sharding(mesh))
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, stop_at_step: int | None = None) -> dict:
@@ -129,7 +137,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, sto
     is_main = jax.process_index() == 0
 
     run = setup(config)
-    mesh, rules, source, layout = run.mesh, run.rules, run.source, run.layout
+    mesh, rules, data, layout = run.mesh, run.rules, run.data, run.layout
     tx, batch_sharding = run.optimizer, run.batch_sharding
     schedule = optimizer.learning_rate_schedule(config.optimizer, config.num_steps)
 
@@ -156,18 +164,18 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, sto
     with sharding.logical_rules(rules), jax.set_mesh(mesh):
         train_step = step.make_train_step(layout, tx, batch_sharding)
         eval_step = step.make_eval_step(layout, batch_sharding)
-        val_local = loader.val_batches(source, config.data, global_batch_size=config.batch_size)
+        val_local = loader.val_batches(data, config.data, global_batch_size=config.batch_size)
         val_global = [loader.to_global_batch(b, batch_sharding) for b in val_local]
-        baseline = mean_action_baseline(val_local, source, config.data.normalization)
+        baseline = mean_action_baseline(val_local, data)
         batches = loader.train_batches(
-            source, config.data, global_batch_size=config.batch_size, seed=config.seed, start_step=start_step
+            data, config.data, global_batch_size=config.batch_size, seed=config.seed, start_step=start_step
         )
         writer = metrics.MetricsWriter(workdir)
         progress = metrics.ProgressLine(start_step, config.num_steps)
         save = functools.partial(
             ckpt.save,
             config=config.to_dict(),
-            statistics={**source.statistics.to_json(), "normalization": config.data.normalization},
+            statistics=data.statistics_json(),
             data_seed=config.seed,
         )
         summary: dict = {"start_step": start_step}
