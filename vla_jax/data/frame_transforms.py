@@ -154,10 +154,17 @@ def augment_image(image: tf.Tensor, ops: Mapping, seed: tf.Tensor) -> tf.Tensor:
     return tf.image.convert_image_dtype(tf.clip_by_value(x, 0.0, 1.0), tf.uint8, saturate=True)
 
 
+def _current(flag: tf.Tensor) -> tf.Tensor:
+    """A camera's presence flag at the current step (the last of a history window)."""
+    return flag[-1] if flag.shape.rank == 1 else flag
+
+
 def augment_frame(frame: dict, augment: Mapping[str, Mapping], seed: tf.Tensor) -> dict:
     """Augments each camera named in ``augment`` (role -> ops) with its own seed.
 
-    ``seed`` is the frame's seed; present cameras only (padding stays zeros).
+    ``seed`` is the frame's seed. With a history window (images ``[W, H, W, 3]``)
+    every step of the window gets the same crop and colour change. Absent
+    cameras stay zeros.
     """
     frame = dict(frame, observation=dict(frame["observation"]))
     obs = frame["observation"]
@@ -166,11 +173,13 @@ def augment_frame(frame: dict, augment: Mapping[str, Mapping], seed: tf.Tensor) 
             continue
         camera_seed = op_seed(seed, CAMERA_ROLES.index(role))
         image = obs[f"image_{role}"]
-        obs[f"image_{role}"] = tf.cond(
-            obs[f"image_{role}_present"],
-            lambda image=image, s=camera_seed, ops=ops: augment_image(image, ops, s),
-            lambda image=image: image,
-        )
+
+        def apply(image=image, s=camera_seed, ops=ops):
+            if image.shape.rank == 4:
+                return tf.map_fn(lambda im: augment_image(im, ops, s), image)
+            return augment_image(image, ops, s)
+
+        obs[f"image_{role}"] = tf.cond(_current(obs[f"image_{role}_present"]), apply, lambda image=image: image)
     return frame
 
 
@@ -178,18 +187,19 @@ def drop_cameras(frame: dict, cameras: tuple[str, ...], probability: float, seed
     """Drops each present camera with ``probability`` (zeros, flag False), always keeping one.
 
     If every present camera would be dropped, the first present one in
-    ``cameras`` order is kept.
+    ``cameras`` order is kept. A dropped camera is dropped for its whole
+    history window.
     """
     if probability <= 0 or not cameras:
         return frame
     frame = dict(frame, observation=dict(frame["observation"]))
     obs = frame["observation"]
-    present = tf.stack([obs[f"image_{r}_present"] for r in cameras])
+    present = tf.stack([_current(obs[f"image_{r}_present"]) for r in cameras])
     draws = tf.random.stateless_uniform([len(cameras)], op_seed(seed, 99))
     keep = tf.logical_and(present, draws >= probability)
     first_present = tf.one_hot(tf.argmax(tf.cast(present, tf.int32)), len(cameras), on_value=True, off_value=False)
     keep = tf.cond(tf.reduce_any(keep), lambda: keep, lambda: tf.logical_and(first_present, present))
     for i, role in enumerate(cameras):
-        obs[f"image_{role}_present"] = keep[i]
+        obs[f"image_{role}_present"] = tf.logical_and(obs[f"image_{role}_present"], keep[i])
         obs[f"image_{role}"] = tf.where(keep[i], obs[f"image_{role}"], tf.zeros_like(obs[f"image_{role}"]))
     return frame

@@ -221,6 +221,7 @@ def _frames(
     def finish(index, traj):
         traj = traj_transforms.normalize_trajectory(traj, source.statistics, mode)
         traj = traj_transforms.pad_dims(traj, mix.action_dim, mix.state_dim)
+        traj = _keep_used_cameras(traj, tuple(data_config.cameras), tuple(data_config.depth_cameras))
         length = tf.shape(traj["action"])[0]
         traj["dataset_index"] = tf.fill([length], dataset_index)
         traj["control_hz"] = tf.fill([length], tf.constant(spec.control_frequency_hz / source.stride, tf.float32))
@@ -240,6 +241,23 @@ def _frames(
 
     ds = ds.enumerate().map(finish, num_parallel_calls=threads, deterministic=True)
     return trajectory.flatten(ds)
+
+
+def _keep_used_cameras(traj: dict, cameras: tuple[str, ...], depth_cameras: tuple[str, ...]) -> dict:
+    """Drops cameras the model does not use (before the shuffle buffer holds them) and adds
+    empty, absent entries for used depth cameras a dataset lacks, so every dataset of a
+    mixture yields the same structure."""
+    obs = dict(traj["observation"])
+    length = tf.shape(traj["action"])[0]
+    for key in [k for k in obs if k.startswith(("image_", "depth_")) and not k.endswith("_present")]:
+        prefix, role = key.split("_", 1)
+        if role not in (cameras if prefix == "image" else depth_cameras):
+            del obs[key], obs[f"{key}_present"]
+    for role in depth_cameras:
+        if f"depth_{role}" not in obs:
+            obs[f"depth_{role}"] = tf.fill([length], "")
+            obs[f"depth_{role}_present"] = tf.zeros([length], tf.bool)
+    return dict(traj, observation=obs)
 
 
 def _to_model_inputs(frame: dict, data_config: ml_collections.ConfigDict, seed: tf.Tensor | None) -> dict:
@@ -301,7 +319,7 @@ def _map_over_window(frame: dict, decode, data_config) -> dict:
     def one(step_obs):
         return decode({"observation": step_obs})["observation"]
 
-    signature = tf.nest.map_structure(lambda x: tf.TensorSpec.from_tensor(x[0]), one({k: v[0] for k, v in obs.items()}))
+    signature = tf.nest.map_structure(tf.TensorSpec.from_tensor, one({k: v[0] for k, v in obs.items()}))
     decoded = tf.map_fn(one, obs, fn_output_signature=signature)
     return dict(frame, observation=decoded)
 
