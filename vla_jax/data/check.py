@@ -198,18 +198,18 @@ def _trajectory(episode: dict, spec: DatasetSpec) -> dict:
 def _decodes(encoded: tf.Tensor, decode) -> tf.Tensor:
     """Bool ``[T]``: whether ``decode`` succeeds on each element, without aborting on failures.
 
-    The failures are dropped by ``ignore_errors`` on an inner dataset of indices;
-    the surviving indices are scattered back into a mask.
+    Failures are dropped by ``ignore_errors`` on an inner dataset of ``(index,
+    decoded shape)``; the surviving indices are scattered back into a mask. The
+    shape is kept as an output so the decode cannot be optimized away.
     """
     n = tf.shape(encoded, out_type=tf.int64)[0]
-    ok = (
-        tf.data.Dataset.from_tensor_slices(encoded)
-        .enumerate()
-        .map(lambda i, b: (i, tf.size(decode(b))))
+    nothing = (tf.zeros([0], tf.int64), tf.zeros([0, 3], tf.int32))
+    ok, _ = (
+        tf.data.Dataset.from_tensor_slices((tf.range(n), encoded))
+        .map(lambda i, b: (i, tf.reshape(tf.shape(decode(b))[:3], [3])))
         .ignore_errors()
-        .map(lambda i, _: i)
         .batch(tf.maximum(n, 1))  # not 2**31 - 1: map+batch fusion would allocate that many rows
-        .concatenate(tf.data.Dataset.from_tensors(tf.zeros([0], tf.int64)))
+        .concatenate(tf.data.Dataset.from_tensors(nothing))
         .take(1)
         .get_single_element()
     )
@@ -225,7 +225,7 @@ def _decode_depth(encoded: tf.Tensor) -> tf.Tensor:
     return tf.cond(
         is_png,
         lambda: tf.cast(tf.io.decode_png(encoded, channels=1, dtype=tf.uint16), tf.float32),
-        lambda: tf.reshape(tf.io.parse_tensor(encoded, tf.float32), [-1]),
+        lambda: tf.reshape(tf.io.parse_tensor(encoded, tf.float32), [-1, 1, 1]),
     )
 
 
