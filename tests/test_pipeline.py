@@ -128,7 +128,9 @@ def test_stream_is_seeded_and_resumable(demo_dir):
 
 def test_missing_dataset_directory_is_a_clear_error(tmp_path):
     config = debug_config(f"data.data_dir={tmp_path / 'nowhere'}")
-    with pytest.raises(DataError, match=r"dataset 'vla_demo': no RLDS builder directory at .*nowhere"):
+    with pytest.raises(
+        DataError, match=r"dataset 'vla_demo': data dir '.*nowhere' does not exist \(config key data.data_dir\)"
+    ):
         loader.open_mixture(config.data)
 
 

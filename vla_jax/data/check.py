@@ -24,10 +24,10 @@ import re
 import numpy as np
 import tensorflow as tf
 
-from vla_jax.data import trajectory  # noqa: F401  (hides GPUs from TensorFlow before any tf.data use)
+from vla_jax.data.loader import locate_builder_dir
 from vla_jax.data.specs import GRIPPER_CONVENTIONS, DatasetSpec, get_spec
 from vla_jax.data.standardize import lookup
-from vla_jax.data.trajectory import open_builder
+from vla_jax.data.trajectory import open_builder, skip_image_decoding, stack_steps
 from vla_jax.errors import DataError
 
 ERROR = "error"
@@ -97,46 +97,9 @@ def _first_line(error: BaseException) -> str:
 # ----------------------------------------------------------------------------- locating the builder
 
 
-def _subdirs(path: pathlib.Path) -> list[str]:
-    return sorted(p.name for p in path.iterdir() if p.is_dir()) if path.is_dir() else []
-
-
-def _locate(spec: DatasetSpec, data_dir: str | pathlib.Path) -> tuple[pathlib.Path, tuple[str, str] | None]:
-    """The expected builder directory and, if it is not there, ``(kind, message)`` saying why."""
-    root = pathlib.Path(data_dir).expanduser()
-    dataset_dir = root / spec.name
-    config_dir = dataset_dir / spec.config_name if spec.config_name else dataset_dir
-    expected = config_dir / spec.version
-    if not root.is_dir():
-        return expected, ("not_found", f"dataset {spec.name!r}: data dir {str(root)!r} does not exist")
-    if not dataset_dir.is_dir():
-        found = _subdirs(root)
-        listing = f"it holds {found[:20]}{' ...' if len(found) > 20 else ''}" if found else "it is empty"
-        return expected, (
-            "not_found",
-            f"dataset {spec.name!r}: no directory {spec.name!r} under data dir {str(root)!r} ({listing}); "
-            "pass the TFDS data dir that holds NAME/[CONFIG/]VERSION/",
-        )
-    if spec.config_name and not config_dir.is_dir():
-        return expected, (
-            "not_found",
-            f"dataset {spec.name!r}: no builder config {spec.config_name!r} in {str(dataset_dir)!r} "
-            f"(found {_subdirs(dataset_dir)}); fix config_name in the spec",
-        )
-    if not expected.is_dir():
-        versions = [v for v in _subdirs(config_dir) if v[:1].isdigit()]
-        found = f"found versions {versions}" if versions else "no version directories there"
-        return expected, (
-            "wrong_version",
-            f"dataset {spec.name!r}: version {spec.version!r} not found in {str(config_dir)!r} ({found}); "
-            "set version in the spec to the one you converted, or convert again",
-        )
-    return expected, None
-
-
 def builder_dir(spec: DatasetSpec, data_dir: str | pathlib.Path) -> pathlib.Path:
     """The spec's builder directory under ``data_dir``; a DataError says what is missing."""
-    path, problem = _locate(spec, data_dir)
+    path, problem = locate_builder_dir(spec, data_dir)
     if problem is not None:
         raise DataError(problem[1])
     return path
@@ -145,35 +108,13 @@ def builder_dir(spec: DatasetSpec, data_dir: str | pathlib.Path) -> pathlib.Path
 # ----------------------------------------------------------------------------- reading episodes
 
 
-def _skip_image_decoding(feature):
-    """A tfds decoders tree leaving every Image feature as encoded bytes."""
-    import tensorflow_datasets as tfds
-
-    if isinstance(feature, tfds.features.Image):
-        return tfds.decode.SkipDecoding()
-    if isinstance(feature, tfds.features.Dataset):
-        return _skip_image_decoding(feature.feature)
-    if isinstance(feature, tfds.features.FeaturesDict):
-        decoders = {k: _skip_image_decoding(v) for k, v in feature.items()}
-        return {k: v for k, v in decoders.items() if v is not None} or None
-    return None
-
-
 def _raw_episodes(builder, split: str) -> tf.data.Dataset:
     """Episodes of ``split`` in canonical order (one file at a time), images left encoded."""
     import tensorflow_datasets as tfds
 
     read_config = tfds.ReadConfig(interleave_cycle_length=1, shuffle_seed=None, try_autocache=False)
-    decoders = {"steps": _skip_image_decoding(builder.info.features["steps"])}
+    decoders = {"steps": skip_image_decoding(builder.info.features["steps"])}
     return builder.as_dataset(split=split, decoders=decoders, shuffle_files=False, read_config=read_config)
-
-
-def _stack(ds: tf.data.Dataset):
-    """All elements of a (possibly empty) dataset stacked on a new leading axis."""
-    empty = tf.nest.map_structure(lambda s: tf.zeros([0, *(d or 0 for d in s.shape)], s.dtype), ds.element_spec)
-    size = ds.cardinality()  # known for tfds' step datasets; a huge batch could be preallocated after a map
-    size = tf.where(size > 0, size, 2**31 - 1)
-    return ds.batch(size).concatenate(tf.data.Dataset.from_tensors(empty)).take(1).get_single_element()
 
 
 def _length(steps: dict) -> tf.Tensor:
@@ -182,7 +123,7 @@ def _length(steps: dict) -> tf.Tensor:
 
 def _trajectory(episode: dict, spec: DatasetSpec) -> dict:
     """One episode as a trajectory, like ``trajectory.from_rlds`` but also for 0-step episodes."""
-    steps = dict(_stack(episode["steps"]))
+    steps = dict(stack_steps(episode["steps"]))
     length = _length(steps)
     if "episode_metadata" in episode:
         steps["episode_metadata"] = tf.nest.map_structure(
@@ -717,7 +658,7 @@ def check_dataset(name: str, data_dir: str, *, max_episodes: int | None = None) 
         raise DataError(f"dataset {name!r}: max_episodes must be >= 1, got {max_episodes}")
     spec = get_spec(name)
     problems = Problems(name)
-    path, missing = _locate(spec, data_dir)
+    path, missing = locate_builder_dir(spec, data_dir)
     if missing is not None:
         kind, message = missing
         problems.add(kind, ERROR, message)

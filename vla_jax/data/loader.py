@@ -67,8 +67,46 @@ class DataMixture:
         return {s.spec.name: s.statistics.to_json() for s in self.sources}
 
 
+def _subdirs(path: pathlib.Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir() if p.is_dir()) if path.is_dir() else []
+
+
+def locate_builder_dir(spec: DatasetSpec, data_dir: str | pathlib.Path) -> tuple[pathlib.Path, tuple[str, str] | None]:
+    """The expected builder directory ``DATA_DIR/NAME/[CONFIG/]VERSION`` and, if it is not
+    there, ``(kind, message)`` saying why (kinds: ``not_found``, ``wrong_version``)."""
+    root = pathlib.Path(data_dir).expanduser()
+    dataset_dir = root / spec.rlds_name
+    config_dir = dataset_dir / spec.config_name if spec.config_name else dataset_dir
+    expected = config_dir / spec.version
+    if not root.is_dir():
+        return expected, ("not_found", f"dataset {spec.name!r}: data dir {str(root)!r} does not exist")
+    if not dataset_dir.is_dir():
+        found = _subdirs(root)
+        listing = f"it holds {found[:20]}{' ...' if len(found) > 20 else ''}" if found else "it is empty"
+        return expected, (
+            "not_found",
+            f"dataset {spec.name!r}: no directory {spec.rlds_name!r} under data dir {str(root)!r} ({listing}); "
+            "pass the TFDS data dir that holds NAME/[CONFIG/]VERSION/",
+        )
+    if spec.config_name and not config_dir.is_dir():
+        return expected, (
+            "not_found",
+            f"dataset {spec.name!r}: no builder config {spec.config_name!r} in {str(dataset_dir)!r} "
+            f"(found {_subdirs(dataset_dir)}); fix config_name in the spec",
+        )
+    if not expected.is_dir():
+        versions = [v for v in _subdirs(config_dir) if v[:1].isdigit()]
+        found = f"found versions {versions}" if versions else "no version directories there"
+        return expected, (
+            "wrong_version",
+            f"dataset {spec.name!r}: version {spec.version!r} not found in {str(config_dir)!r} ({found}); "
+            "set version in the spec to the one you converted, or convert again",
+        )
+    return expected, None
+
+
 def resolve_builder_dir(spec: DatasetSpec, data_dir: str) -> pathlib.Path:
-    """``data_dir/name[/config]/version``.
+    """``data_dir/name[/config]/version``; a DataError says what is missing.
 
     With no ``data_dir``, the demo dataset is generated into (or read from) the
     cache dir; any other dataset needs an explicit ``data_dir``.
@@ -77,18 +115,10 @@ def resolve_builder_dir(spec: DatasetSpec, data_dir: str) -> pathlib.Path:
         if spec.name == demo.NAME:
             return demo.ensure_demo_dataset()
         raise ConfigError(f"dataset {spec.name!r} needs data.data_dir (the directory holding {spec.rlds_name}/)")
-    parent = pathlib.Path(data_dir) / spec.rlds_name
-    if spec.config_name:
-        parent = parent / spec.config_name
-    path = parent / spec.version
-    if not path.exists() and parent.is_dir():
-        found = sorted(p.name for p in parent.iterdir() if (p / "dataset_info.json").is_file())
-        if found:
-            raise DataError(
-                f"dataset {spec.name!r}: version {spec.version} not found in {parent}; found {found} "
-                "(set `version` in the dataset spec to the one you have)"
-            )
-    if spec.name == demo.NAME and path.exists():
+    path, problem = locate_builder_dir(spec, data_dir)
+    if problem is not None:
+        raise DataError(f"{problem[1]} (config key data.data_dir)")
+    if spec.name == demo.NAME:
         demo.verify_cache(path)
     return path
 

@@ -28,7 +28,8 @@ MARGIN = 8
 GAP = 4
 LABEL_W = 64
 HEADER_H = 34
-PLOT_W = 150
+PLOT_W = 130
+MIN_PLOT_COLS = 4
 PLOT_H = 64
 BACKGROUND = (255, 255, 255)
 TEXT = (20, 20, 20)
@@ -52,7 +53,7 @@ class Layout:
     @property
     def width(self) -> int:
         frames_w = LABEL_W + self.frames * (self.image_size + GAP) - GAP
-        return 2 * MARGIN + max(frames_w, 2 * PLOT_W + GAP)
+        return 2 * MARGIN + max(frames_w, MIN_PLOT_COLS * (PLOT_W + GAP) - GAP)
 
     @property
     def plot_cols(self) -> int:
@@ -117,7 +118,7 @@ def _decoded(encoded: bytes, size: int) -> Image.Image | None:
 
 def _box(draw: ImageDraw.ImageDraw, box, fill, label: str, font) -> None:
     draw.rectangle(box, fill=fill)
-    draw.text((box[0] + 3, box[1] + 3), label, fill=(255, 255, 255), font=font)
+    draw.text((box[0] + 3, box[1] + 3), _fit(draw, label, box[2] - box[0] - 6, font), fill=(255, 255, 255), font=font)
 
 
 def _fit(draw: ImageDraw.ImageDraw, text: str, width: int, font) -> str:
@@ -138,7 +139,7 @@ def _draw_cameras(canvas: Image.Image, draw, layout: Layout, index: int, traj: d
         for col in range(layout.frames):
             box = layout.frame_box(index, row, col)
             if role not in spec.cameras:
-                _box(draw, box, MISSING, f"no {role}", font)
+                _box(draw, box, MISSING, "missing", font)
             elif col >= len(frames):
                 continue
             elif (image := _decoded(obs[f"image_{role}"][frames[col]], layout.image_size)) is None:

@@ -19,16 +19,16 @@ tf.config.set_visible_devices([], "GPU")  # tf.data only: keep accelerators for 
 Trajectory = dict
 
 
-def _skip_image_decoding(features):
+def skip_image_decoding(features):
     """A tfds decoders tree that leaves every Image feature as encoded bytes."""
     import tensorflow_datasets as tfds
 
     if isinstance(features, tfds.features.Image):
         return tfds.decode.SkipDecoding()
     if isinstance(features, tfds.features.Dataset):
-        return _skip_image_decoding(features.feature)
+        return skip_image_decoding(features.feature)
     if isinstance(features, tfds.features.FeaturesDict):
-        decoders = {k: _skip_image_decoding(v) for k, v in features.items()}
+        decoders = {k: skip_image_decoding(v) for k, v in features.items()}
         return {k: v for k, v in decoders.items() if v is not None} or None
     return None
 
@@ -88,7 +88,7 @@ def from_rlds(
             read_config["input_context"] = tf.distribute.InputContext(count, index, 1)
         else:
             split = tfds.even_splits(split, count)[index]
-    decoders = {"steps": _skip_image_decoding(builder.info.features["steps"])}
+    decoders = {"steps": skip_image_decoding(builder.info.features["steps"])}
     episodes = builder.as_dataset(
         split=split,
         decoders=decoders,
@@ -97,7 +97,7 @@ def from_rlds(
     )
 
     def to_trajectory(episode):
-        steps = episode["steps"].batch(2**31 - 1).get_single_element()
+        steps = stack_steps(episode["steps"])
         if "episode_metadata" in episode:
             length = tf.shape(tf.nest.flatten(steps)[0])[0]
             steps["episode_metadata"] = tf.nest.map_structure(
@@ -105,7 +105,18 @@ def from_rlds(
             )
         return steps
 
-    return episodes.map(to_trajectory, num_parallel_calls=num_parallel_reads, deterministic=True)
+    trajectories = episodes.map(to_trajectory, num_parallel_calls=num_parallel_reads, deterministic=True)
+    # Episodes without steps hold no frames; `vla-jax data check` reports them.
+    return trajectories.filter(lambda t: tf.shape(tf.nest.flatten(t)[0])[0] > 0)
+
+
+def stack_steps(steps: tf.data.Dataset) -> dict:
+    """An episode's step dataset as one dict of ``[T, ...]`` tensors (``T`` may be 0)."""
+    batched = steps.batch(2**31 - 1)
+    empty = tf.data.Dataset.from_tensors(
+        tf.nest.map_structure(lambda spec: tf.zeros([0, *spec.shape[1:]], spec.dtype), batched.element_spec)
+    )
+    return batched.concatenate(empty).take(1).get_single_element()
 
 
 def num_files(builder, split: str) -> int:
