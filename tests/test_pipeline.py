@@ -139,3 +139,30 @@ def test_unknown_dataset_and_mode(demo_dir):
         loader.open_mixture(debug_config("data.mixture=vla_dem").data)
     with pytest.raises(ConfigError, match="data.normalization"):
         loader.open_mixture(debug_config("data.normalization=minmax").data)
+
+
+def test_statistics_fall_back_to_the_cache_dir_when_the_data_dir_is_not_writable(tmp_path, cache_dir, monkeypatch):
+    """A read-only data dir (here: the cache file's name taken by a directory) still gets cached stats."""
+    from . import rlds_fixtures
+
+    layout = rlds_fixtures.layouts()["one_camera"]
+    rlds_fixtures.build(tmp_path, layout, num_shards=1)
+    builder_dir = loader.resolve_builder_dir(layout.spec, str(tmp_path))
+    builder = trajectory.open_builder(builder_dir, layout.spec.name)
+
+    def trajectories():
+        ds = trajectory.from_rlds(builder, "train")
+        return trajectory.traj_map(ds, functools.partial(standardize, spec=layout.spec))
+
+    fp = statistics.fingerprint(layout.spec, builder_dir)
+    (builder_dir / f"vla_jax_stats_{fp}.json").mkdir()  # writing there fails
+    stats = statistics.load_or_compute(layout.spec, builder_dir, trajectories())
+    fallback = cache_dir / "statistics" / layout.spec.name / f"vla_jax_stats_{fp}.json"
+    assert fallback.is_file()
+    loads = []
+    original = statistics.DatasetStatistics.from_json
+    monkeypatch.setattr(statistics.DatasetStatistics, "from_json", lambda data: loads.append(1) or original(data))
+    again = statistics.load_or_compute(layout.spec, builder_dir, trajectories())
+    assert loads == [1]  # read from the fallback cache, not recomputed
+    np.testing.assert_array_equal(again.action.mean, stats.action.mean)
+    assert not list(builder_dir.glob("*.tmp*"))  # the failed write left nothing behind

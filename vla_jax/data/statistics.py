@@ -10,6 +10,7 @@ standardization and of this module, so editing a transform invalidates it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import inspect
@@ -251,13 +252,15 @@ def load_or_compute(
     stats = compute_statistics(trajectories, spec, fp)
     payload = json.dumps(stats.to_json(), indent=1)
     for path in paths:
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
             tmp.write_text(payload)
             os.replace(tmp, path)
             break
         except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
             continue
     return stats
 
