@@ -483,37 +483,26 @@ def _check_episode(summary: dict, plan: _Plan, ranges: _Ranges, ctx: dict) -> in
         problems.add(
             "empty_episode",
             ERROR,
-            f"{where} has 0 steps; drop it in the converter (reading it aborts the whole split in the loader)",
+            f"{where} has 0 steps; drop it in the converter (the loader skips it, but it is a conversion bug)",
             split=split,
             episode=episode,
         )
         return 0
-    for key, role in plan.cameras.items():
-        ok = summary[f"image/{key}"]
-        if not ok.all():
-            bad = np.flatnonzero(~ok)
-            problems.add(
-                "bad_image",
-                ERROR,
-                f"{where}: {role} camera image 'observation/{key}' does not decode at step {int(bad[0])} "
-                f"({len(bad)} of {len(ok)} steps); re-encode or drop the episode",
-                split=split,
-                episode=episode,
-                key=f"observation/{key}",
-            )
-    for key, role in plan.depth.items():
-        ok = summary[f"depth/{key}"]
-        if not ok.all():
-            bad = np.flatnonzero(~ok)
-            problems.add(
-                "bad_image",
-                ERROR,
-                f"{where}: {role} depth image 'observation/{key}' does not decode at step {int(bad[0])} "
-                f"({len(bad)} of {len(ok)} steps)",
-                split=split,
-                episode=episode,
-                key=f"observation/{key}",
-            )
+    for kind, cameras, fix in (("image", plan.cameras, "; re-encode or drop the episode"), ("depth", plan.depth, "")):
+        for key, role in cameras.items():
+            ok = summary[f"{kind}/{key}"]
+            if not ok.all():
+                bad = np.flatnonzero(~ok)
+                label = "camera" if kind == "image" else "depth"
+                problems.add(
+                    "bad_image",
+                    ERROR,
+                    f"{where}: {role} {label} image 'observation/{key}' does not decode at step {int(bad[0])} "
+                    f"({len(bad)} of {len(ok)} steps){fix}",
+                    split=split,
+                    episode=episode,
+                    key=f"observation/{key}",
+                )
     if plan.action_key:
         action = summary["action"]
         if action.ndim != 2 or action.shape[1] != spec.action_dim:

@@ -144,23 +144,20 @@ def resolve_splits(spec: DatasetSpec, builder) -> tuple[str, str]:
     return train, val
 
 
-def _prepared(source_spec: DatasetSpec, data_config, stride: int):
-    """The trajectory transforms up to (not including) normalization, and their description."""
-    fns = [functools.partial(standardize.standardize, spec=source_spec)]
+def _filters(spec: DatasetSpec, data_config) -> list:
+    """The trajectory filters the config asks for (predicates on standardized trajectories)."""
     filters = []
-    if data_config.skip_unlabeled and source_spec.language_key:
+    if data_config.skip_unlabeled and spec.language_key:
         filters.append(traj_transforms.has_language)
     if data_config.max_action > 0:
         filters.append(functools.partial(traj_transforms.actions_within, max_abs=data_config.max_action))
-    settings = f"stride={stride};skip_unlabeled={data_config.skip_unlabeled};max_action={data_config.max_action}"
-    return fns, filters, settings
+    return filters
 
 
 def _apply_prepared(ds, spec, data_config, stride, threads=None):
-    fns, filters, _ = _prepared(spec, data_config, stride)
-    for fn in fns:
-        ds = trajectory.traj_map(ds, fn, threads)
-    for predicate in filters:
+    """Standardize, filter and resample: everything before normalization."""
+    ds = trajectory.traj_map(ds, functools.partial(standardize.standardize, spec=spec), threads)
+    for predicate in _filters(spec, data_config):
         ds = ds.filter(predicate)
     return trajectory.traj_map(ds, functools.partial(traj_transforms.resample, spec=spec, stride=stride), threads)
 
@@ -171,7 +168,8 @@ def open_source(spec: DatasetSpec, data_config: ml_collections.ConfigDict) -> Da
     builder = trajectory.open_builder(builder_dir, spec.name)
     train, val = resolve_splits(spec, builder)
     stride = traj_transforms.resample_stride(spec, data_config.target_control_hz)
-    _, filters, settings = _prepared(spec, data_config, stride)
+    filters = _filters(spec, data_config)
+    settings = f"stride={stride};skip_unlabeled={data_config.skip_unlabeled};max_action={data_config.max_action}"
     trajectories = _apply_prepared(
         trajectory.from_rlds(builder, train, num_parallel_reads=data_config.read_threads), spec, data_config, stride
     )
