@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import pathlib
 import sys
@@ -57,19 +58,21 @@ def _scene(rng, t: int, length: int):
     return image
 
 
-def _write_corpus(root: pathlib.Path, episodes: int) -> list[str]:
+LAYOUTS = {
+    "bench_eef": ("eef_delta", ("x", "y", "z", "rx", "ry", "rz", "gripper"), 10.0, 8),
+    "bench_joint": ("joint_position", tuple(f"j{i}" for i in range(7)) + ("gripper",), 15.0, 8),
+    "bench_bimanual": ("bimanual_joint_position", tuple(f"a{i}" for i in range(12)) + ("gripper_l", "gripper_r"), 50.0, 14),
+}  # fmt: skip
+
+
+def _write_corpus(root: pathlib.Path, episodes: int) -> None:
+    """Writes the corpus (run in a child process so its arrays never count in our RSS)."""
     import numpy as np
 
-    from vla_jax.data import specs
     from vla_jax.data.rlds_writer import write_rlds
 
-    layouts = {
-        "bench_eef": ("eef_delta", ("x", "y", "z", "rx", "ry", "rz", "gripper"), 10.0, 8),
-        "bench_joint": ("joint_position", tuple(f"j{i}" for i in range(7)) + ("gripper",), 15.0, 8),
-        "bench_bimanual": ("bimanual_joint_position", tuple(f"a{i}" for i in range(12)) + ("gripper_l", "gripper_r"), 50.0, 14),
-    }  # fmt: skip
     rng = np.random.default_rng(0)
-    for name, (space, dims, hz, state_dim) in layouts.items():
+    for name, (_, dims, _, state_dim) in LAYOUTS.items():
         eps = []
         for e in range(episodes):
             length = int(rng.integers(30, 60))
@@ -87,12 +90,18 @@ def _write_corpus(root: pathlib.Path, episodes: int) -> list[str]:
                 "language_instruction": np.array([f"do task {e % 7}"] * length),
             }})  # fmt: skip
         write_rlds(root, name, {"train": eps}, num_shards=8)
+
+
+def _register_specs() -> list[str]:
+    from vla_jax.data import specs
+
+    for name, (space, dims, hz, _) in LAYOUTS.items():
         specs.register(specs.DatasetSpec(
             name=name, action_space=space, action_dims=dims, control_frequency_hz=hz,
             normalize_action=tuple("gripper" not in d for d in dims), cameras={"primary": "image", "wrist": "wrist_image"},
             state_keys=("state",), val_split=None,
         ))  # fmt: skip
-    return list(layouts)
+    return list(LAYOUTS)
 
 
 def _config(root: pathlib.Path, names: list[str], augment: bool):
@@ -157,7 +166,12 @@ def main(argv: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         root = pathlib.Path(tmp)
         start = time.perf_counter()
-        names = _write_corpus(root, args.episodes)
+        writer = multiprocessing.get_context("spawn").Process(target=_write_corpus, args=(root, args.episodes))
+        writer.start()
+        writer.join()
+        if writer.exitcode:
+            raise SystemExit(f"writing the benchmark corpus failed (exit {writer.exitcode})")
+        names = _register_specs()
         corpus_s = time.perf_counter() - start
         config = _config(root, names, args.augment)
         mix = loader.open_mixture(config)
@@ -173,10 +187,13 @@ def main(argv: list[str]) -> dict:
         pipeline = args.measure_batches * args.batch / (time.perf_counter() - start)
 
         rss_after_warmup = _rss_bytes()
-        peak = rss_after_warmup
-        for _ in range(args.rss_batches):
+        peak, timeline = rss_after_warmup, []
+        for i in range(args.rss_batches):
             next(stream)
-            peak = max(peak, _rss_bytes())
+            rss = _rss_bytes()
+            peak = max(peak, rss)
+            if i % 250 == 249:
+                timeline.append(round(rss / 2**20))
         frames_on_disk = sum(s.statistics.num_transitions for s in mix.sources)
         return {
             "pipeline_fps": round(pipeline, 1),
@@ -186,6 +203,7 @@ def main(argv: list[str]) -> dict:
             "rss_after_warmup_mb": round(rss_after_warmup / 2**20, 1),
             "rss_peak_mb": round(peak / 2**20, 1),
             "rss_batches": args.rss_batches,
+            "rss_mb_every_250_batches": timeline,
             "batch": args.batch,
             "datasets": len(names),
             "train_frames": frames_on_disk,

@@ -136,8 +136,14 @@ def traj_map(
 
 
 def flatten(ds: tf.data.Dataset) -> tf.data.Dataset:
-    """Trajectories to a stream of frames, in order."""
-    return ds.flat_map(tf.data.Dataset.from_tensor_slices)
+    """Trajectories to a stream of frames, in order.
+
+    ``unbatch`` copies each frame out of its trajectory. Slicing views (what
+    ``flat_map(from_tensor_slices)`` gives) would keep a whole trajectory alive
+    for every frame of it left in a shuffle buffer, so host RAM would creep up
+    for epochs instead of staying at the buffer's size.
+    """
+    return ds.unbatch()
 
 
 def frame_map(ds: tf.data.Dataset, fn: Callable[[dict], dict], threads: int | None = None) -> tf.data.Dataset:
