@@ -29,4 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.mlp_dim = 64
     config.model.patch_size = 16
     config.optimizer.warmup_steps = 2
+    config.tokenizer.fit_chunks = 2000
+    config.tokenizer.action_vocab_size = 256
+    config.tokenizer.decode_tokens = 8
     return config

@@ -12,6 +12,7 @@ import ml_collections
 
 from vla_jax import sharding
 from vla_jax.data.config import data_config
+from vla_jax.tokenizers.config import tokenizer_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -31,7 +32,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.sharding.fsdp_min_bytes = 4 * 2**20
 
     config.data = data_config(mixture="vla_demo")
-    config.data.action_horizon = 4
+    config.data.action_horizon = 10  # 1 s at the demo's 10 Hz
     config.data.cameras = ("primary", "wrist")
     config.data.image_size = 64
     config.data.text_vocab_size = 1024
@@ -39,7 +40,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.shuffle_buffer_size = 10_000
     config.data.val_batches = 16
 
+    config.tokenizer = tokenizer_config()
+    config.tokenizer.action = "fast"
+    config.tokenizer.action_vocab_size = 1024
+    config.tokenizer.text_vocab_size = 512
+    config.tokenizer.max_length = 64
+    config.tokenizer.decode_tokens = 40
+
     config.model = ml_collections.ConfigDict()
+    config.model.mode = "fast"  # FAST action tokens; "regression" for the continuous head
     config.model.width = 128
     config.model.depth = 3
     config.model.num_heads = 4

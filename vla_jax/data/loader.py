@@ -22,7 +22,8 @@ import tensorflow as tf
 from vla_jax.data import demo, frame_transforms, mixture, standardize, statistics, traj_transforms, trajectory
 from vla_jax.data.specs import DatasetSpec, get_spec, resolve_mixture
 from vla_jax.errors import ConfigError, DataError
-from vla_jax.tokenizers import WordHashTokenizer
+from vla_jax.tokenizers.prompt import PROMPT_KEYS, PromptTokenizer
+from vla_jax.tokenizers.text import WordHashTokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,8 +289,14 @@ def _keep_used_cameras(traj: dict, cameras: tuple[str, ...], depth_cameras: tupl
     return dict(traj, observation=obs)
 
 
-def _to_model_inputs(frame: dict, data_config: ml_collections.ConfigDict, seed: tf.Tensor | None) -> dict:
-    """Decodes (and, with a seed, augments) images, tokenizes the instruction, flattens to the batch layout."""
+def _to_model_inputs(
+    frame: dict, data_config: ml_collections.ConfigDict, seed: tf.Tensor | None, keep_instruction: bool = False
+) -> dict:
+    """Decodes (and, with a seed, augments) images, tokenizes the instruction, flattens to the batch layout.
+
+    With ``keep_instruction`` the raw ``instruction`` string is kept for a prompt
+    tokenizer to use after batching, instead of word-hash ``text_ids``.
+    """
     cameras, depth_cameras = tuple(data_config.cameras), tuple(data_config.depth_cameras)
     decode = functools.partial(
         frame_transforms.decode_frame,
@@ -303,15 +310,10 @@ def _to_model_inputs(frame: dict, data_config: ml_collections.ConfigDict, seed: 
         augment = {role: dict(ops) for role, ops in dict(data_config.augment).items() if role in cameras}
         frame = frame_transforms.augment_frame(frame, augment, seed) if augment else frame
         frame = frame_transforms.drop_cameras(frame, cameras, data_config.image_dropout, seed)
-    text_ids, text_mask = WordHashTokenizer(data_config.text_vocab_size, data_config.max_text_length).encode_tf(
-        frame["language_instruction"]
-    )
     obs = frame["observation"]
     out = {
         "state": obs["proprio"],
         "state_dim_mask": frame["state_dim_mask"],
-        "text_ids": text_ids,
-        "text_mask": text_mask,
         "actions": frame["action"],
         "action_mask": frame["action_mask"],
         "action_dim_mask": frame["action_dim_mask"],
@@ -319,6 +321,11 @@ def _to_model_inputs(frame: dict, data_config: ml_collections.ConfigDict, seed: 
         "dataset_index": frame["dataset_index"],
         "control_hz": frame["control_hz"],
     }
+    if keep_instruction:
+        out["instruction"] = frame["language_instruction"]
+    else:
+        hashing = WordHashTokenizer(data_config.text_vocab_size, data_config.max_text_length)
+        out["text_ids"], out["text_mask"] = hashing.encode_tf(frame["language_instruction"])
     if "history_mask" in frame:
         out["history_mask"] = frame["history_mask"]
     for role in cameras:
@@ -352,6 +359,31 @@ def _map_over_window(frame: dict, decode, data_config) -> dict:
     return dict(frame, observation=decoded)
 
 
+def _add_prompts(ds: tf.data.Dataset, prompt: PromptTokenizer) -> tf.data.Dataset:
+    """Replaces each batch's ``instruction`` strings with π0-FAST prompt arrays (see ``PROMPT_KEYS``).
+
+    Runs the prompt tokenizer (sentencepiece, FAST) on tf.data's threads, so it
+    overlaps with the training step.
+    """
+
+    def tokenize(instruction, state, state_mask, actions):
+        out = prompt.tokenize(instruction, state, state_mask, actions)
+        return [out[key] for key in PROMPT_KEYS]
+
+    def add(batch: dict) -> dict:
+        batch = dict(batch)
+        inputs = [batch.pop("instruction"), batch["state"], batch["state_dim_mask"], batch["actions"]]
+        dtypes = [tf.int32] + [tf.bool] * (len(PROMPT_KEYS) - 1)
+        outputs = tf.numpy_function(tokenize, inputs, dtypes, stateful=False)
+        rows = batch["state"].shape[0]
+        for key, value in zip(PROMPT_KEYS, outputs, strict=True):
+            value.set_shape([rows] if key == "prompt_truncated" else [rows, prompt.max_length])
+            batch[key] = value
+        return batch
+
+    return ds.map(add, num_parallel_calls=2, deterministic=True)
+
+
 def _local_batch_size(global_batch_size: int) -> int:
     process_count = jax.process_count()
     if global_batch_size % process_count:
@@ -374,8 +406,11 @@ def train_batches(
     global_batch_size: int,
     seed: int,
     start_step: int = 0,
+    prompt: PromptTokenizer | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """An endless, seeded stream of this process's part of each global batch.
+
+    With ``prompt``, batches carry π0-FAST prompt arrays instead of word-hash text ids.
 
     The stream is a function of ``seed`` alone; resuming at ``start_step`` skips
     the frames of earlier steps before their images are decoded, so a resumed
@@ -398,16 +433,25 @@ def train_batches(
     ds = ds.enumerate().skip(start_step * local_batch)
     base_seed = tf.constant([seed, 7], tf.int64)
     ds = ds.map(
-        lambda i, frame: _to_model_inputs(frame, data_config, frame_transforms.op_seed(base_seed, i)),
+        lambda i, frame: _to_model_inputs(
+            frame, data_config, frame_transforms.op_seed(base_seed, i), prompt is not None
+        ),
         num_parallel_calls=data_config.transform_threads,
         deterministic=True,
     )
-    ds = ds.batch(local_batch, drop_remainder=True).prefetch(2).with_options(_options(data_config))
+    ds = ds.batch(local_batch, drop_remainder=True)
+    if prompt is not None:
+        ds = _add_prompts(ds, prompt)
+    ds = ds.prefetch(2).with_options(_options(data_config))
     return ds.as_numpy_iterator()
 
 
 def val_batches(
-    mix: DataMixture, data_config: ml_collections.ConfigDict, *, global_batch_size: int
+    mix: DataMixture,
+    data_config: ml_collections.ConfigDict,
+    *,
+    global_batch_size: int,
+    prompt: PromptTokenizer | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """At most ``data.val_batches`` full batches of the validation splits, mixed in a fixed order."""
     local_batch = _local_batch_size(global_batch_size)
@@ -419,9 +463,45 @@ def val_batches(
         ds = per_dataset[0]
     else:  # several: drawn with the mixture's weights in a fixed order
         ds = mixture.interleave([d.repeat() for d in per_dataset], mix.probabilities, seed=0)
-    ds = ds.map(functools.partial(_to_model_inputs, data_config=data_config, seed=None), num_parallel_calls=4)
+    to_inputs = functools.partial(
+        _to_model_inputs, data_config=data_config, seed=None, keep_instruction=prompt is not None
+    )
+    ds = ds.map(to_inputs, num_parallel_calls=4)
     ds = ds.batch(local_batch, drop_remainder=True).take(data_config.val_batches)
+    if prompt is not None:
+        ds = _add_prompts(ds, prompt)
     return list(ds.with_options(_options(data_config)).as_numpy_iterator())
+
+
+def action_chunks(
+    mix: DataMixture, data_config: ml_collections.ConfigDict, *, split: str, max_chunks: int, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Up to ``max_chunks`` normalized, padded action chunks of a split, without reading images.
+
+    Returns ``actions [N, H, A]``, ``action_mask [N, H]``, ``action_dim_mask [N, A]``,
+    ``dataset_index [N]`` and ``instruction [N]`` (bytes). ``split="train"`` draws
+    shuffled frames with the mixture's weights; ``"val"`` reads the held-out
+    frames in order, mixed by weight. This is what action tokenizers are fit and
+    evaluated on.
+    """
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    no_images = ml_collections.ConfigDict(data_config.to_dict())
+    no_images.cameras, no_images.depth_cameras, no_images.goal_relabeling = (), (), False
+    keys = ("action", "action_mask", "action_dim_mask", "dataset_index", "language_instruction")
+    training = split == "train"
+    per_dataset = []
+    for i, source in enumerate(mix.sources):
+        ds = _frames(source, i, mix, no_images, training=training, seed=seed, threads=2, read_threads=2)
+        ds = ds.map(lambda frame: {k: frame[k] for k in keys})
+        per_dataset.append(ds.shuffle(10_000, seed=seed + i) if training else ds)
+    ds = mixture.interleave(per_dataset, mix.probabilities, seed).take(max_chunks).batch(1024)
+    parts = list(ds.with_options(_options(data_config)).as_numpy_iterator())
+    if not parts:
+        raise DataError(f"the {split} split of mixture {mix.name!r} has no frames")
+    joined = {k: np.concatenate([p[k] for p in parts]) for k in keys}
+    joined["actions"], joined["instruction"] = joined.pop("action"), joined.pop("language_instruction")
+    return joined
 
 
 def to_global_batch(local_batch: dict[str, np.ndarray], sharding: jax.sharding.NamedSharding) -> dict[str, jax.Array]:

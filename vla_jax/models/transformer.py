@@ -1,4 +1,4 @@
-"""A pre-norm transformer encoder with key padding masks."""
+"""A pre-norm transformer with key padding masks and optional prefix-LM (causal postfix) masks."""
 
 from __future__ import annotations
 
@@ -60,9 +60,23 @@ class Encoder(nnx.Module):
         self.blocks = nnx.List([Block(width, num_heads, mlp_dim, rngs=rngs, dtype=dtype) for _ in range(depth)])
         self.norm = LayerNorm(width, rngs=rngs)
 
-    def __call__(self, x: jax.Array, token_mask: jax.Array) -> jax.Array:
-        """``token_mask [B, N]``: padding tokens are never attended to."""
-        mask = jnp.broadcast_to(token_mask[:, None, :], (*token_mask.shape, token_mask.shape[-1]))
+    def __call__(self, x: jax.Array, token_mask: jax.Array, ar_mask: jax.Array | None = None) -> jax.Array:
+        """``token_mask [B, N]``: padding tokens are never attended to. ``ar_mask``: see :func:`prefix_lm_mask`."""
+        if ar_mask is None:
+            mask = jnp.broadcast_to(token_mask[:, None, :], (*token_mask.shape, token_mask.shape[-1]))
+        else:
+            mask = prefix_lm_mask(token_mask, ar_mask)
         for block in self.blocks:
             x = block(x, mask)
         return self.norm(x)
+
+
+def prefix_lm_mask(token_mask: jax.Array, ar_mask: jax.Array) -> jax.Array:
+    """``[B, N, N]`` attention mask (query, key) of a prefix-LM.
+
+    Tokens with ``ar_mask`` False form the bidirectional prefix; each token with
+    ``ar_mask`` True starts a new causal step, seeing the prefix and the steps
+    up to itself. Padding (``token_mask`` False) is never attended to.
+    """
+    step = jnp.cumsum(ar_mask.astype(jnp.int32), axis=-1)
+    return (step[:, None, :] <= step[:, :, None]) & token_mask[:, None, :]

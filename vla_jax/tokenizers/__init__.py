@@ -1,5 +1,18 @@
-"""Tokenizers: text prompts (and, later, actions) to integer ids."""
+"""Tokenizers: actions (FAST, binning), text (sentencepiece, word hashing) and the π0-FAST prompt."""
 
-from vla_jax.tokenizers.text import WordHashTokenizer
+from vla_jax.tokenizers.action_base import ActionTokenizer, load_action_tokenizer
+from vla_jax.tokenizers.binning import BinningTokenizer
+from vla_jax.tokenizers.fast import FASTTokenizer
+from vla_jax.tokenizers.prompt import PromptTokenizer
+from vla_jax.tokenizers.text import SentencePieceTokenizer, WordHashTokenizer, train_text_model
 
-__all__ = ["WordHashTokenizer"]
+__all__ = [
+    "ActionTokenizer",
+    "BinningTokenizer",
+    "FASTTokenizer",
+    "PromptTokenizer",
+    "SentencePieceTokenizer",
+    "WordHashTokenizer",
+    "load_action_tokenizer",
+    "train_text_model",
+]

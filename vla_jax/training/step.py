@@ -43,3 +43,18 @@ def make_eval_step(layout: StateLayout, batch_sharding):
         return {"abs_sum": errors["mae"] * count, "sq_sum": errors["mse"] * count, "count": count}
 
     return jax.jit(eval_step, in_shardings=(layout.shardings["params"], batch_sharding))
+
+
+def make_generate_step(layout: StateLayout, batch_sharding, num_tokens: int, eos_id: int):
+    """``(params, batch) -> {generated, actions, weight}`` for fast mode, replicated on every process.
+
+    ``generated [B, num_tokens]`` are greedy postfix ids; the targets come along so
+    each host can decode and score the whole global batch.
+    """
+
+    def generate_step(params: dict, batch: dict) -> dict:
+        generated = nnx.merge(layout.graphdef, params).generate(batch, num_tokens, eos_id)
+        return {"generated": generated, "actions": batch["actions"], "weight": action_weight(batch)}
+
+    replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
+    return jax.jit(generate_step, in_shardings=(layout.shardings["params"], batch_sharding), out_shardings=replicated)

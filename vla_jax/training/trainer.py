@@ -12,6 +12,7 @@ import jax
 import ml_collections
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
 from vla_jax import config as config_lib
 from vla_jax import sharding
@@ -19,15 +20,19 @@ from vla_jax.data import loader
 from vla_jax.data.statistics import normalize
 from vla_jax.errors import CheckpointError
 from vla_jax.models.vla import VLA, IOShapes, build_model
+from vla_jax.tokenizers import build
+from vla_jax.tokenizers.prompt import PromptTokenizer
+from vla_jax.tokenizers.text import write_atomically
 from vla_jax.training import checkpoint, metrics, optimizer, state, step
 
 
 def io_shapes(config: ml_collections.ConfigDict, mix: loader.DataMixture) -> IOShapes:
+    fast = config.model.mode == "fast"
     return IOShapes(
         cameras=tuple(config.data.cameras),
         image_size=config.data.image_size,
-        text_vocab_size=config.data.text_vocab_size,
-        text_length=config.data.max_text_length,
+        text_vocab_size=build.model_vocab_size(config.tokenizer) if fast else config.data.text_vocab_size,
+        text_length=config.tokenizer.max_length if fast else config.data.max_text_length,
         state_dim=mix.state_dim,
         action_dim=mix.action_dim,
         action_horizon=config.data.action_horizon,
@@ -48,7 +53,16 @@ STATE_DEFINING_KEYS = (
     "data.max_text_length",
     "data.text_vocab_size",
     "data.action_horizon",
+    "tokenizer.action",
+    "tokenizer.action_vocab_size",
+    "tokenizer.fast_scale",
+    "tokenizer.text_vocab_size",
+    "tokenizer.vocab_size",
+    "tokenizer.reserved_tail",
+    "tokenizer.max_length",
+    "tokenizer.state_bins",
 )
+TOKENIZER_DIR = "tokenizers"
 
 
 def check_resumable(saved: dict, config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
@@ -93,13 +107,58 @@ def mean_action_baseline(val: list[dict], mix: loader.DataMixture) -> float:
     return abs_sum / max(count, 1.0)
 
 
-def evaluate(eval_step, params, val_global: list[dict]) -> dict[str, float]:
-    totals = {"abs_sum": 0.0, "sq_sum": 0.0, "count": 0.0}
+def evaluate(eval_step, params, val_global: list[dict], prompt: PromptTokenizer | None = None) -> dict[str, float]:
+    """Action error (normalized units) on the validation batches; in fast mode, of greedy decodes.
+
+    A chunk that does not decode cleanly still counts, with whatever the
+    tokenizer made of it (zeros where values are missing).
+    """
+    totals = {"abs_sum": 0.0, "sq_sum": 0.0, "count": 0.0, "valid": 0.0, "rows": 0.0}
     for batch in val_global:
         out = jax.device_get(eval_step(params, batch))
-        totals = {k: totals[k] + float(out[k]) for k in totals}
+        if prompt is not None:
+            predicted, valid = prompt.extract_actions(out.pop("generated"))
+            diff = (predicted - out.pop("actions")) * out["weight"]
+            out.update(abs_sum=np.abs(diff).sum(), sq_sum=np.square(diff).sum(), valid=valid.sum(), rows=len(valid))
+            out["count"] = out.pop("weight").sum()
+        totals = {k: totals[k] + float(out.get(k, 0.0)) for k in totals}
     count = max(totals["count"], 1.0)
-    return {"val_action_error": totals["abs_sum"] / count, "val_action_mse": totals["sq_sum"] / count}
+    results = {"val_action_error": totals["abs_sum"] / count, "val_action_mse": totals["sq_sum"] / count}
+    if prompt is not None:
+        results["val_decode_valid_rate"] = totals["valid"] / max(totals["rows"], 1.0)
+    return results
+
+
+def prepare_prompt_tokenizer(
+    config: ml_collections.ConfigDict, mix: loader.DataMixture, workdir: pathlib.Path
+) -> PromptTokenizer:
+    """The run's prompt tokenizer: from ``workdir/tokenizers`` when resuming, else made and saved there.
+
+    Process 0 fits (or loads) the tokenizers and writes them; the other processes
+    read them from the (shared) workdir, so every host uses the same ones
+    whatever data shard it reads.
+    """
+    tok, directory = config.tokenizer, workdir / TOKENIZER_DIR
+    shape = {
+        "horizon": config.data.action_horizon,
+        "action_dim": mix.action_dim,
+        "normalization": config.data.normalization,
+    }
+    if jax.process_index() == 0 and not (directory / build.ACTION_FILE).exists():
+        sample = functools.cache(
+            lambda: loader.action_chunks(mix, config.data, split="train", max_chunks=tok.fit_chunks, seed=config.seed)
+        )
+        if tok.action_file:
+            actions = build.load_action_file(tok.action_file, **shape)
+        else:
+            actions = build.fit_action_tokenizer(tok, sample()["actions"], config.data.normalization)
+        text = build.text_tokenizer(tok, lambda: sample()["instruction"])
+        files = build.files_to_bytes(text, actions)
+        for name in (build.TEXT_FILE, build.ACTION_FILE):  # the action file last: it marks the set complete
+            write_atomically(directory / name, files[name])
+    multihost_utils.sync_global_devices("vla_jax tokenizers written")
+    text, actions = build.from_files(directory, **shape)
+    return build.prompt_tokenizer(tok, text, actions)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,14 +220,24 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, sto
             flush=True,
         )
 
+    prompt = prepare_prompt_tokenizer(config, data, workdir) if config.model.mode == "fast" else None
     with sharding.logical_rules(rules), jax.set_mesh(mesh):
         train_step = step.make_train_step(layout, tx, batch_sharding)
-        eval_step = step.make_eval_step(layout, batch_sharding)
-        val_local = loader.val_batches(data, config.data, global_batch_size=config.batch_size)
+        if prompt is None:
+            eval_step = step.make_eval_step(layout, batch_sharding)
+        else:
+            decode_tokens = config.tokenizer.decode_tokens or config.tokenizer.max_length
+            eval_step = step.make_generate_step(layout, batch_sharding, decode_tokens, prompt.eos)
+        val_local = loader.val_batches(data, config.data, global_batch_size=config.batch_size, prompt=prompt)
         val_global = [loader.to_global_batch(b, batch_sharding) for b in val_local]
         baseline = mean_action_baseline(val_local, data)
         batches = loader.train_batches(
-            data, config.data, global_batch_size=config.batch_size, seed=config.seed, start_step=start_step
+            data,
+            config.data,
+            global_batch_size=config.batch_size,
+            seed=config.seed,
+            start_step=start_step,
+            prompt=prompt,
         )
         writer = metrics.MetricsWriter(workdir)
         progress = metrics.ProgressLine(start_step, config.num_steps)
@@ -191,15 +260,17 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, sto
                 writer.write(current, logged)
                 summary.update(logged)
             if current % config.eval_every == 0 or current == end_step:
-                results = evaluate(eval_step, train_state["params"], val_global)
+                results = evaluate(eval_step, train_state["params"], val_global, prompt)
                 results["val_mean_baseline_error"] = baseline
                 results["val_error_ratio"] = results["val_action_error"] / max(baseline, 1e-12)
                 writer.write(current, results)
                 summary.update(results)
                 if is_main:
+                    validity = results.get("val_decode_valid_rate")
                     print(
                         f"step {current}: val_action_error {results['val_action_error']:.4f} "
-                        f"(mean-action baseline {baseline:.4f}, ratio {results['val_error_ratio']:.3f})",
+                        f"(mean-action baseline {baseline:.4f}, ratio {results['val_error_ratio']:.3f})"
+                        + ("" if validity is None else f", decode valid {validity:.1%}"),
                         flush=True,
                     )
             save(train_state, step=current, force=current == end_step)

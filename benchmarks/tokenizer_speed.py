@@ -1,0 +1,113 @@
+"""Action tokenizer speed and compression: FAST (DCT + BPE) against uniform binning.
+
+Generates smooth normalized action chunks (sums of low-frequency sinusoids in
+[-1, 1]), fits both tokenizers on them, then measures in one process:
+
+- ``*_encode_chunks_per_s`` / ``*_decode_chunks_per_s``: chunks/s of one batched
+  ``encode`` / ``decode`` call over all chunks (best of ``--repeats``);
+- ``*_decode_one_chunk_us``: latency of decoding a single chunk, as at inference;
+- ``*_tokens_per_chunk``: mean ids per chunk (binning is always ``T*D``);
+- ``*_rmse``: round-trip error in normalized units;
+- ``fast_vs_binning_*_ratio``: FAST figure / binning figure.
+
+    python benchmarks/tokenizer_speed.py [--chunks 2000] [--horizon 10] [--dim 7] [--vocab 1024] [--scale 10]
+
+Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def smooth_chunks(seed: int, n: int, horizon: int, dim: int, waves: int = 3):
+    """Sums of ``waves`` sinusoids below 1.5 cycles per chunk, within [-1, 1]."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0.0, 1.0, horizon)[None, :, None]
+    chunks = np.zeros((n, horizon, dim))
+    for _ in range(waves):
+        freq = rng.uniform(0.0, 1.5, (n, 1, dim))
+        phase = rng.uniform(0.0, 2 * np.pi, (n, 1, dim))
+        amp = rng.uniform(0.0, 1.0 / waves, (n, 1, dim))
+        chunks += amp * np.sin(2 * np.pi * freq * t + phase)
+    return chunks
+
+
+def _best_seconds(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _measure(tokenizer, chunks, repeats: int) -> dict:
+    import numpy as np
+
+    n = len(chunks)
+    ids = tokenizer.encode(chunks)
+    actions, valid = tokenizer.decode(ids)
+    assert valid.all(), "a clean round trip must decode as valid"
+    encode_s = _best_seconds(lambda: tokenizer.encode(chunks), repeats)
+    decode_s = _best_seconds(lambda: tokenizer.decode(ids), repeats)
+    single = ids[: min(n, 200)]
+    one_s = _best_seconds(lambda: [tokenizer.decode([row]) for row in single], repeats) / len(single)
+    return {
+        "encode_chunks_per_s": round(n / encode_s, 1),
+        "decode_chunks_per_s": round(n / decode_s, 1),
+        "decode_one_chunk_us": round(one_s * 1e6, 1),
+        "tokens_per_chunk": round(float(np.mean([len(row) for row in ids])), 2),
+        "rmse": round(float(np.sqrt(((actions - chunks) ** 2).mean())), 5),
+        "vocab_size": tokenizer.vocab_size,
+    }
+
+
+def main(argv: list[str]) -> dict:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--chunks", type=int, default=2000)
+    parser.add_argument("--horizon", type=int, default=10)
+    parser.add_argument("--dim", type=int, default=7)
+    parser.add_argument("--vocab", type=int, default=1024)
+    parser.add_argument("--scale", type=float, default=10.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+
+    from vla_jax.tokenizers.binning import BinningTokenizer
+    from vla_jax.tokenizers.fast import FASTTokenizer
+
+    fit_chunks = smooth_chunks(0, args.chunks, args.horizon, args.dim)
+    chunks = smooth_chunks(1, args.chunks, args.horizon, args.dim)  # held out from fitting
+    start = time.perf_counter()
+    fast = FASTTokenizer.fit(fit_chunks, vocab_size=args.vocab, scale=args.scale)
+    fit_s = time.perf_counter() - start
+    binning = BinningTokenizer.fit(fit_chunks)
+
+    results = {"fast": _measure(fast, chunks, args.repeats), "binning": _measure(binning, chunks, args.repeats)}
+    out = {f"{kind}_{key}": value for kind, figures in results.items() for key, value in figures.items()}
+    for key in ("encode_chunks_per_s", "decode_chunks_per_s", "tokens_per_chunk"):
+        name = key.removesuffix("_chunks_per_s")
+        out[f"fast_vs_binning_{name}_ratio"] = round(results["fast"][key] / results["binning"][key], 3)
+    out.update(
+        fast_fit_s=round(fit_s, 3),
+        fast_clipped_coefficients=fast.clipped_count,
+        chunks=args.chunks,
+        horizon=args.horizon,
+        dim=args.dim,
+        requested_vocab=args.vocab,
+        scale=args.scale,
+    )
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(sys.argv[1:])))

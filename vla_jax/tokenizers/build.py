@@ -1,0 +1,106 @@
+"""A run's tokenizers from its config: fitting, loading, and the files a run keeps."""
+
+from __future__ import annotations
+
+import pathlib
+import tempfile
+from collections.abc import Callable
+
+import ml_collections
+import numpy as np
+
+from vla_jax.errors import ConfigError
+from vla_jax.tokenizers.action_base import ActionTokenizer, load_action_tokenizer
+from vla_jax.tokenizers.binning import BinningTokenizer
+from vla_jax.tokenizers.config import ACTION_KINDS
+from vla_jax.tokenizers.fast import FASTTokenizer
+from vla_jax.tokenizers.prompt import PromptTokenizer, clean_instruction
+from vla_jax.tokenizers.text import SentencePieceTokenizer, train_text_model
+
+ACTION_FILE = "action_tokenizer.json"
+TEXT_FILE = "text.model"
+
+
+def fit_action_tokenizer(tok: ml_collections.ConfigDict, chunks: np.ndarray, normalization: str) -> ActionTokenizer:
+    """Fits ``tok.action`` on normalized chunks ``[N, T, D]``."""
+    if tok.action not in ACTION_KINDS:
+        raise ConfigError(f"config key 'tokenizer.action' is {tok.action!r}; expected one of {list(ACTION_KINDS)}")
+    if tok.action == "binning":
+        return BinningTokenizer.fit(chunks, normalization=normalization)
+    return FASTTokenizer.fit(
+        chunks, vocab_size=tok.action_vocab_size, scale=tok.fast_scale, normalization=normalization
+    )
+
+
+def load_action_file(path: str | pathlib.Path, *, horizon: int, action_dim: int, normalization: str) -> ActionTokenizer:
+    """An action tokenizer file made for chunks ``[horizon, action_dim]`` of ``normalization``."""
+    try:
+        tokenizer = load_action_tokenizer(path, horizon=horizon, action_dim=action_dim)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+    if tokenizer.normalization != normalization:
+        raise ConfigError(
+            f"action tokenizer {path} was fit on {tokenizer.normalization!r}-normalized actions, "
+            f"but data.normalization is {normalization!r}"
+        )
+    return tokenizer
+
+
+def text_corpus(instructions, state_bins: int) -> list[str]:
+    """Prompt-shaped sentences to train a small text model: every distinct instruction, numbers, markers."""
+    distinct = sorted({(i.decode() if isinstance(i, bytes) else str(i)) for i in instructions})
+    numbers = " ".join(str(b) for b in range(state_bins))
+    return [f"Task: {clean_instruction(i)}, State: {numbers};\n" for i in distinct] + ["Action: |"]
+
+
+def text_tokenizer(tok: ml_collections.ConfigDict, instructions: Callable[[], np.ndarray]) -> SentencePieceTokenizer:
+    """``tok.text_model``, or a BPE model of ``tok.text_vocab_size`` trained on ``instructions()``."""
+    if tok.text_model:
+        try:
+            return SentencePieceTokenizer.from_file(tok.text_model)
+        except ValueError as error:
+            raise ConfigError(f"config key 'tokenizer.text_model': {error}") from error
+    return train_text_model(text_corpus(instructions(), tok.state_bins), tok.text_vocab_size)
+
+
+def model_vocab_size(tok: ml_collections.ConfigDict) -> int:
+    """Embedding rows of the model: fixed by the config (and a given text model), not by fitting."""
+    if tok.vocab_size:
+        return tok.vocab_size
+    text = SentencePieceTokenizer.from_file(tok.text_model).vocab_size if tok.text_model else tok.text_vocab_size
+    return text + tok.action_vocab_size + tok.reserved_tail
+
+
+def prompt_tokenizer(
+    tok: ml_collections.ConfigDict, text: SentencePieceTokenizer, actions: ActionTokenizer
+) -> PromptTokenizer:
+    if not tok.text_model and text.vocab_size > tok.text_vocab_size:
+        raise ConfigError(f"the text model has {text.vocab_size} ids, more than tokenizer.text_vocab_size")
+    return PromptTokenizer(
+        text,
+        actions,
+        max_length=tok.max_length,
+        vocab_size=model_vocab_size(tok),
+        reserved_tail=tok.reserved_tail,
+        action_ids=tok.action_vocab_size,
+        state_bins=tok.state_bins,
+    )
+
+
+def files_to_bytes(text: SentencePieceTokenizer, actions: ActionTokenizer) -> dict[str, bytes]:
+    """The run's tokenizer files, as they are written into its workdir."""
+    with tempfile.TemporaryDirectory() as tmp:
+        actions.save(pathlib.Path(tmp) / ACTION_FILE)
+        action_bytes = (pathlib.Path(tmp) / ACTION_FILE).read_bytes()
+    return {ACTION_FILE: action_bytes, TEXT_FILE: text.model_proto}
+
+
+def from_files(
+    directory: pathlib.Path, *, horizon: int, action_dim: int, normalization: str
+) -> tuple[SentencePieceTokenizer, ActionTokenizer]:
+    """The text model and action tokenizer a run wrote into ``directory``."""
+    text = SentencePieceTokenizer.from_file(directory / TEXT_FILE)
+    actions = load_action_file(
+        directory / ACTION_FILE, horizon=horizon, action_dim=action_dim, normalization=normalization
+    )
+    return text, actions
