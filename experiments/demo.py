@@ -22,7 +22,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.batch_size = 32
     config.seed = 0
     config.log_every = 50
-    config.eval_every = 500
+    config.eval_every = 1000
     config.checkpoint_every = 500
     config.keep_checkpoints = 3
 
@@ -42,8 +42,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.tokenizer = tokenizer_config()
     config.tokenizer.action = "fast"
-    config.tokenizer.action_vocab_size = 1024
-    config.tokenizer.text_vocab_size = 512
+    config.tokenizer.action_vocab_size = 256
+    config.tokenizer.text_vocab_size = 1024
     config.tokenizer.max_length = 64
     config.tokenizer.decode_tokens = 40
 

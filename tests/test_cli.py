@@ -78,3 +78,30 @@ def test_data_list_and_stats_json(demo_dir, tmp_path):
 
     missing = _run(["data", "stats", "vla_dem", "--data-dir", str(tmp_path)], demo_dir.parents[3], tmp_path)
     assert "did you mean 'vla_demo'" in _single_error_line(missing)
+
+
+def test_tokenizer_fit_and_eval_json(demo_dir, tmp_path):
+    import json
+
+    cache = demo_dir.parents[3]
+    fit = _run(["tokenizer", "fit", "--config", DEBUG, "--out", "fast.json", "--chunks", "3000", "--json"], cache, tmp_path)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    fitted = json.loads(fit.stdout)
+    assert fitted["kind"] == "fast" and fitted["chunks"] == 3000
+    assert (fitted["horizon"], fitted["action_dim"]) == (10, 4) and (tmp_path / "fast.json").is_file()
+
+    evaluation = _run(["tokenizer", "eval", "fast.json", "--config", DEBUG, "--chunks", "500", "--json"], cache, tmp_path)
+    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+    result = json.loads(evaluation.stdout)
+    ours, binning = result["tokenizer"], result["binning"]
+    assert result["split"] == "val" and result["chunks"] == 500
+    assert binning["tokens_per_chunk_mean"] == 40 and ours["tokens_per_chunk_mean"] < 40
+    assert result["tokens_vs_binning"] == ours["tokens_per_chunk_mean"] / 40
+    assert ours["decode_valid_rate"] == 1.0 and ours["rmse_normalized"] < 0.035
+    assert len(ours["rmse_normalized_per_dim"]) == 4 and len(ours["rmse_action_units_per_dim"]["vla_demo"]) == 4
+    assert ours["tokens_per_chunk_p95"] >= ours["tokens_per_chunk_mean"] and ours["encode_chunks_per_s"] > 0
+
+    # A file made for other chunks is refused with both shapes named.
+    other = _run(["tokenizer", "eval", "fast.json", "--config", DEBUG, "--config.data.action_horizon=5"], cache, tmp_path)
+    line = _single_error_line(other)
+    assert "fast.json" in line and "10×4" in line and "5×4" in line

@@ -6,6 +6,8 @@
     vla-jax data stats NAME --data-dir DIR [--json]
     vla-jax data show NAME --data-dir DIR --out FILE.png [--episodes N]
     vla-jax data demo [--data-dir DIR]
+    vla-jax tokenizer fit --config CFG [--config.key=value ...] --out FILE [--chunks N] [--json]
+    vla-jax tokenizer eval FILE --config CFG [--config.key=value ...] [--chunks N] [--json]
 
 Errors the user can fix (bad config key, missing dataset, corrupt cache,
 unusable checkpoint) are printed as one line and exit with status 2.
@@ -69,7 +71,32 @@ def _parser() -> argparse.ArgumentParser:
         if name == "show":
             sub.add_argument("--out", required=True, help="PNG file to write")
             sub.add_argument("--episodes", type=int, default=3, help="how many episodes to draw")
+
+    tokenizer = commands.add_parser("tokenizer", help="action tokenizers")
+    tokenizer_commands = tokenizer.add_subparsers(dest="tokenizer_command", required=True)
+    fit = tokenizer_commands.add_parser("fit", help="fit config.tokenizer.action on the config's training chunks")
+    fit.add_argument("--out", required=True, help="tokenizer file to write")
+    evaluation = tokenizer_commands.add_parser("eval", help="a tokenizer file against binning on held-out chunks")
+    evaluation.add_argument("file", help="tokenizer file (from `vla-jax tokenizer fit`)")
+    for sub, default in ((fit, "config.tokenizer.fit_chunks"), (evaluation, "5000")):
+        sub.add_argument("--config", required=True, help="config file whose data mixture and tokenizer settings to use")
+        sub.add_argument("--chunks", type=int, default=None, help=f"action chunks to sample (default {default})")
+        sub.add_argument("--json", action="store_true", help="print JSON")
     return parser
+
+
+def _tokenizer(args, overrides: list[str]) -> None:
+    from vla_jax import config as config_lib
+    from vla_jax.tokenizers import commands
+
+    config = config_lib.load_config(args.config, overrides)
+    if args.tokenizer_command == "fit":
+        result = commands.fit(config, args.out, args.chunks)
+        text = f"wrote {result['out']}: {result['kind']}, {result['vocab_size']} ids, fit on {result['chunks']} chunks"
+        _print(result, args.json, text)
+    else:
+        result = commands.eval_file(config, args.file, args.chunks or 5000)
+        _print(result, args.json, commands.format_eval(result))
 
 
 def _train(args, overrides: list[str]) -> None:
@@ -118,14 +145,16 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     rest, overrides = _split_overrides(argv)
     args = _parser().parse_args(rest)
-    if overrides and args.command != "train":
-        _parser().error(f"--config.* overrides only apply to 'train', got {overrides}")
+    if overrides and args.command not in ("train", "tokenizer"):
+        _parser().error(f"--config.* overrides only apply to 'train' and 'tokenizer', got {overrides}")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         if args.command == "train":
             _train(args, overrides)
         elif args.command == "data":
             return _data(args)
+        elif args.command == "tokenizer":
+            _tokenizer(args, overrides)
     except VlaJaxError as e:
         print(f"vla-jax: error: {e}", file=sys.stderr)
         return 2

@@ -60,7 +60,8 @@ def text_tokenizer(tok: ml_collections.ConfigDict, instructions: Callable[[], np
             return SentencePieceTokenizer.from_file(tok.text_model)
         except ValueError as error:
             raise ConfigError(f"config key 'tokenizer.text_model': {error}") from error
-    return train_text_model(text_corpus(instructions(), tok.state_bins), tok.text_vocab_size)
+    bins = [str(b) for b in range(tok.state_bins)]  # a state value is one token, not digits
+    return train_text_model(text_corpus(instructions(), tok.state_bins), tok.text_vocab_size, symbols=bins)
 
 
 def model_vocab_size(tok: ml_collections.ConfigDict) -> int:

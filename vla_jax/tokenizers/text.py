@@ -77,11 +77,14 @@ class SentencePieceTokenizer:
         return self._sp.decode([int(i) for i in ids])
 
 
-def train_text_model(sentences: Iterable[str], vocab_size: int) -> SentencePieceTokenizer:
+def train_text_model(
+    sentences: Iterable[str], vocab_size: int, symbols: Sequence[str] = ()
+) -> SentencePieceTokenizer:
     """A small BPE text model (Gemma's special ids: pad 0, eos 1, bos 2, unk 3).
 
     Byte fallback makes any text encodable, so the vocabulary holds 256 byte
-    pieces besides the merges; ``vocab_size`` is an upper bound. Deterministic.
+    pieces besides the merges; ``vocab_size`` is an upper bound. Each of
+    ``symbols`` is always one piece (longest match first). Deterministic.
     """
     writer = io.BytesIO()
     spm.SentencePieceTrainer.train(
@@ -100,6 +103,7 @@ def train_text_model(sentences: Iterable[str], vocab_size: int) -> SentencePiece
         eos_id=1,
         bos_id=2,
         unk_id=3,
+        user_defined_symbols=list(symbols),
         num_threads=1,
         minloglevel=2,
     )
