@@ -4,7 +4,8 @@ Prints one JSON object:
   val_action_error       mean absolute error of predicted chunks, normalized units
   mean_baseline_error    the same for always predicting the training mean action
   error_ratio            the two divided (the bar: <= 0.5)
-  shuffled_text_error    error when each sample gets another sample's instruction
+  shuffled_text_error    error when each sample gets another sample's instruction (fast mode:
+                         instruction and state, the whole prompt prefix)
   shuffled_image_error   error when each sample gets another sample's images
   wall_s                 wall-clock seconds of the whole training run
 
@@ -30,10 +31,12 @@ def main(argv: list[str]) -> dict:
     from vla_jax.cli import _split_overrides
     from vla_jax.config import load_config
     from vla_jax.data import loader
-    from vla_jax.training import checkpoint, step, trainer
+    from vla_jax.tokenizers.prompt import PROMPT_KEYS
+    from vla_jax.training import checkpoint, trainer
 
     _, overrides = _split_overrides(argv)
     config = load_config(str(REPO / "experiments" / "demo.py"), overrides)
+    fast = config.model.mode == "fast"
     with tempfile.TemporaryDirectory() as workdir:
         start = time.perf_counter()
         summary = trainer.train(config, workdir)
@@ -44,25 +47,28 @@ def main(argv: list[str]) -> dict:
         ckpt = checkpoint.Checkpointer(pathlib.Path(workdir) / "checkpoints", max_to_keep=1, save_interval_steps=1)
         params = ckpt.restore_latest(run.layout.abstract)["state"]["params"]
         ckpt.close()
-        val = loader.val_batches(run.data, config.data, global_batch_size=config.batch_size)
+        prompt = trainer.prepare_prompt_tokenizer(config, run.data, pathlib.Path(workdir)) if fast else None
+        val = loader.val_batches(run.data, config.data, global_batch_size=config.batch_size, prompt=prompt)
         batch_sharding = run.batch_sharding
         with jax.set_mesh(run.mesh), sharding.logical_rules(run.rules):
-            eval_step = step.make_eval_step(run.layout, batch_sharding)
+            eval_step = trainer.make_eval_step(config, run.layout, batch_sharding, prompt)
 
             def error_with(keys):
                 shuffled = [{k: (np.roll(v, 1, axis=0) if k in keys else v) for k, v in b.items()} for b in val]
                 batches = [loader.to_global_batch(b, batch_sharding) for b in shuffled]
-                return trainer.evaluate(eval_step, params, batches)["val_action_error"]
+                return trainer.evaluate(eval_step, params, batches, prompt)["val_action_error"]
 
             images = [k for k in val[0] if k.startswith("image_")]
             ablations = {
-                "shuffled_text_error": error_with({"text_ids", "text_mask"}),
+                "shuffled_text_error": error_with(set(PROMPT_KEYS) if fast else {"text_ids", "text_mask"}),
                 "shuffled_image_error": error_with(set(images)),
             }
     result = {
         "val_action_error": summary["val_action_error"],
         "mean_baseline_error": summary["val_mean_baseline_error"],
         "error_ratio": summary["val_error_ratio"],
+        "decode_valid_rate": summary.get("val_decode_valid_rate"),
+        "mode": config.model.mode,
         **ablations,
         "num_steps": config.num_steps,
         "batch_size": config.batch_size,

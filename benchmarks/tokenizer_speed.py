@@ -27,21 +27,6 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def smooth_chunks(seed: int, n: int, horizon: int, dim: int, waves: int = 3):
-    """Sums of ``waves`` sinusoids below 1.5 cycles per chunk, within [-1, 1]."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    t = np.linspace(0.0, 1.0, horizon)[None, :, None]
-    chunks = np.zeros((n, horizon, dim))
-    for _ in range(waves):
-        freq = rng.uniform(0.0, 1.5, (n, 1, dim))
-        phase = rng.uniform(0.0, 2 * np.pi, (n, 1, dim))
-        amp = rng.uniform(0.0, 1.0 / waves, (n, 1, dim))
-        chunks += amp * np.sin(2 * np.pi * freq * t + phase)
-    return chunks
-
-
 def _best_seconds(fn, repeats: int) -> float:
     best = float("inf")
     for _ in range(repeats):
@@ -83,6 +68,7 @@ def main(argv: list[str]) -> dict:
     args = parser.parse_args(argv)
 
     from vla_jax.tokenizers.binning import BinningTokenizer
+    from vla_jax.tokenizers.evaluate import smooth_chunks
     from vla_jax.tokenizers.fast import FASTTokenizer
 
     fit_chunks = smooth_chunks(0, args.chunks, args.horizon, args.dim)

@@ -8,20 +8,8 @@ import scipy.fft
 
 from vla_jax.tokenizers.action_base import ActionTokenizer, content_checksum, load_action_tokenizer
 from vla_jax.tokenizers.binning import BinningTokenizer
+from vla_jax.tokenizers.evaluate import smooth_chunks
 from vla_jax.tokenizers.fast import FASTTokenizer, dct_coefficients, inverse_dct_coefficients
-
-
-def smooth_chunks(seed: int, n: int, horizon: int, dim: int, waves: int = 3) -> np.ndarray:
-    """Sums of a few low-frequency sinusoids, within [-1, 1]."""
-    rng = np.random.default_rng(seed)
-    t = np.linspace(0.0, 1.0, horizon)[None, :, None]
-    chunks = np.zeros((n, horizon, dim))
-    for _ in range(waves):
-        freq = rng.uniform(0.0, 1.5, (n, 1, dim))
-        phase = rng.uniform(0.0, 2 * np.pi, (n, 1, dim))
-        amp = rng.uniform(0.0, 1.0 / waves, (n, 1, dim))
-        chunks += amp * np.sin(2 * np.pi * freq * t + phase)
-    return chunks
 
 
 @pytest.fixture(scope="module")

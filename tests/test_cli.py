@@ -84,13 +84,17 @@ def test_tokenizer_fit_and_eval_json(demo_dir, tmp_path):
     import json
 
     cache = demo_dir.parents[3]
-    fit = _run(["tokenizer", "fit", "--config", DEBUG, "--out", "fast.json", "--chunks", "3000", "--json"], cache, tmp_path)
+    fit = _run(
+        ["tokenizer", "fit", "--config", DEBUG, "--out", "fast.json", "--chunks", "3000", "--json"], cache, tmp_path
+    )
     assert fit.returncode == 0, fit.stderr[-3000:]
     fitted = json.loads(fit.stdout)
     assert fitted["kind"] == "fast" and fitted["chunks"] == 3000
     assert (fitted["horizon"], fitted["action_dim"]) == (10, 4) and (tmp_path / "fast.json").is_file()
 
-    evaluation = _run(["tokenizer", "eval", "fast.json", "--config", DEBUG, "--chunks", "500", "--json"], cache, tmp_path)
+    evaluation = _run(
+        ["tokenizer", "eval", "fast.json", "--config", DEBUG, "--chunks", "500", "--json"], cache, tmp_path
+    )
     assert evaluation.returncode == 0, evaluation.stderr[-3000:]
     result = json.loads(evaluation.stdout)
     ours, binning = result["tokenizer"], result["binning"]
@@ -102,6 +106,8 @@ def test_tokenizer_fit_and_eval_json(demo_dir, tmp_path):
     assert ours["tokens_per_chunk_p95"] >= ours["tokens_per_chunk_mean"] and ours["encode_chunks_per_s"] > 0
 
     # A file made for other chunks is refused with both shapes named.
-    other = _run(["tokenizer", "eval", "fast.json", "--config", DEBUG, "--config.data.action_horizon=5"], cache, tmp_path)
+    other = _run(
+        ["tokenizer", "eval", "fast.json", "--config", DEBUG, "--config.data.action_horizon=5"], cache, tmp_path
+    )
     line = _single_error_line(other)
     assert "fast.json" in line and "10×4" in line and "5×4" in line

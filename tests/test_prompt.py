@@ -6,6 +6,7 @@ import pytest
 from vla_jax.models.transformer import prefix_lm_mask
 from vla_jax.tokenizers import BinningTokenizer, FASTTokenizer, PromptTokenizer, SentencePieceTokenizer
 from vla_jax.tokenizers.build import text_corpus
+from vla_jax.tokenizers.evaluate import smooth_chunks
 from vla_jax.tokenizers.prompt import discretize_state
 from vla_jax.tokenizers.text import train_text_model
 
@@ -17,14 +18,9 @@ def text():
     return train_text_model(text_corpus(INSTRUCTIONS, 256), vocab_size=400)
 
 
-def _smooth_chunks(rng, n, horizon=10, dim=3):
-    t = np.linspace(0, 1, horizon)[None, :, None]
-    return np.clip(np.sin(2 * np.pi * (t * rng.uniform(0.2, 1, (n, 1, dim)) + rng.uniform(0, 1, (n, 1, dim)))), -1, 1)
-
-
 @pytest.fixture(scope="module")
 def fast():
-    return FASTTokenizer.fit(_smooth_chunks(np.random.default_rng(0), 400), vocab_size=256)
+    return FASTTokenizer.fit(smooth_chunks(0, 400, 10, 3), vocab_size=256)
 
 
 def _batch(rng, n):
@@ -49,7 +45,7 @@ def test_text_model_round_trips_and_has_gemma_special_ids(text, tmp_path):
 def test_layout_and_masks(text, fast):
     rng = np.random.default_rng(1)
     instructions, states, masks = _batch(rng, 4)
-    chunks = _smooth_chunks(rng, 4)
+    chunks = smooth_chunks(int(rng.integers(1 << 30)), 4, 10, 3)
     prompt = PromptTokenizer(text, fast, max_length=96)
     out = prompt.tokenize(instructions, states, masks, chunks)
     for row in range(4):
@@ -82,7 +78,7 @@ def test_layout_and_masks(text, fast):
 def test_truncation_is_counted(text, fast):
     rng = np.random.default_rng(2)
     instructions, states, masks = _batch(rng, 4)
-    chunks = _smooth_chunks(rng, 4)
+    chunks = smooth_chunks(int(rng.integers(1 << 30)), 4, 10, 3)
     full = PromptTokenizer(text, fast, max_length=128).tokenize(instructions, states, masks, chunks)
     lengths = full["prompt_mask"].sum(1)
     cut = int(np.sort(lengths)[1])  # the two longest prompts do not fit
@@ -111,7 +107,7 @@ def test_action_ids_never_collide_with_text_ids(text, fast):
 
 def test_extract_actions_reads_ids_not_text(text, fast):
     rng = np.random.default_rng(4)
-    chunks = _smooth_chunks(rng, 3)
+    chunks = smooth_chunks(int(rng.integers(1 << 30)), 3, 10, 3)
     prompt = PromptTokenizer(text, fast, max_length=96)
     postfixes = [prompt.postfix(ids) for ids in fast.encode(chunks)]
     width = max(map(len, postfixes)) + 2
@@ -129,7 +125,7 @@ def test_extract_actions_reads_ids_not_text(text, fast):
 
 
 def test_binning_behind_the_same_prompt(text):
-    chunks = _smooth_chunks(np.random.default_rng(5), 2)
+    chunks = smooth_chunks(5, 2, 10, 3)
     instructions, states, masks = _batch(np.random.default_rng(5), 2)
     prompt = PromptTokenizer(text, BinningTokenizer(10, 3), max_length=128)
     out = prompt.tokenize(instructions, states, masks, chunks)

@@ -71,6 +71,10 @@ def test_workdir_contract(full_run):
     assert all("step" in r for r in records)
     assert [r["step"] for r in records if "loss" in r] == [2, 4, 6]
     assert [r["step"] for r in records if "val_action_error" in r] == [3, 6]
+    assert all(0.0 <= r["val_decode_valid_rate"] <= 1.0 for r in records if "val_action_error" in r)
+    assert all(
+        0.0 < r["token_accuracy"] <= 1.0 and r["prompt_truncated_fraction"] == 0.0 for r in records if "loss" in r
+    )
     assert summary["step"] == 6 and np.isfinite(summary["loss"])
     assert checkpoint.Checkpointer(workdir / "checkpoints", max_to_keep=3, save_interval_steps=2).all_steps() == [
         2,
@@ -82,7 +86,13 @@ def test_workdir_contract(full_run):
 def test_stop_and_resume_matches_uninterrupted(full_run, tmp_path):
     config, full_dir, _ = full_run
     trainer.train(config, tmp_path, stop_at_step=3)
-    summary = trainer.train(config, tmp_path)
+    tokenizers = {p.name: p.read_bytes() for p in (tmp_path / trainer.TOKENIZER_DIR).iterdir()}
+    assert tokenizers == {p.name: p.read_bytes() for p in (full_dir / trainer.TOKENIZER_DIR).iterdir()}  # deterministic
+    # A resumed run reuses its tokenizers, even when the fitting settings changed since.
+    refit = config.copy_and_resolve_references()
+    refit.tokenizer.fit_chunks = 500
+    summary = trainer.train(refit, tmp_path)
+    assert tokenizers == {p.name: p.read_bytes() for p in (tmp_path / trainer.TOKENIZER_DIR).iterdir()}
     assert summary["start_step"] == 3 and summary["step"] == 6
     layout = _setup(config, {"data": 2, "fsdp": 4}).layout
     ckpt_a = checkpoint.Checkpointer(full_dir / "checkpoints", max_to_keep=3, save_interval_steps=2)

@@ -10,12 +10,10 @@ standardization and of this module, so editing a transform invalidates it.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import inspect
 import json
-import os
 import pathlib
 from collections.abc import Callable, Sequence
 
@@ -26,6 +24,7 @@ from vla_jax.data import cache_dir
 from vla_jax.data import standardize as standardize_module
 from vla_jax.data.specs import DatasetSpec
 from vla_jax.errors import DataError
+from vla_jax.files import write_atomically
 
 HISTOGRAM_BINS = 4096
 NORMALIZATION_MODES = ("quantile", "zscore")
@@ -252,15 +251,10 @@ def load_or_compute(
     stats = compute_statistics(trajectories, spec, fp)
     payload = json.dumps(stats.to_json(), indent=1)
     for path in paths:
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(payload)
-            os.replace(tmp, path)
+            write_atomically(path, payload)
             break
         except OSError:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
             continue
     return stats
 

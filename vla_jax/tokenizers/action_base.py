@@ -20,13 +20,13 @@ import json
 import numbers
 import os
 import pathlib
-import tempfile
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
 from vla_jax.errors import VlaJaxError
+from vla_jax.files import write_atomically
 
 FILE_FORMAT = "vla_jax.action_tokenizer"
 FORMAT_VERSION = 1
@@ -117,20 +117,9 @@ class ActionTokenizer(abc.ABC):
     def save(self, path: str | os.PathLike) -> pathlib.Path:
         """Write the one-file JSON form atomically (temp file in the same folder + ``os.replace``)."""
         path = pathlib.Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         data = self.to_dict()
         text = json.dumps({**data, "sha256": content_checksum(data)}, indent=1, sort_keys=True) + "\n"
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
-            os.replace(tmp, path)
-        except BaseException:
-            pathlib.Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(path, text)
         return path
 
     @classmethod

@@ -21,7 +21,9 @@ def tokenizer_config() -> ml_collections.ConfigDict:
     c.fit_chunks = 20_000  # action chunks sampled from the training split to fit FAST
     # Text.
     c.text_model = ""  # a sentencepiece .model (e.g. PaliGemma's); empty: train a small BPE on the instructions
-    c.text_vocab_size = 1024  # size of the text model trained when text_model is empty (>= 256 bytes + state bins + merges)
+    c.text_vocab_size = (
+        1024  # size of the text model trained when text_model is empty (>= 256 bytes + state bins + merges)
+    )
     c.vocab_size = 0  # model vocabulary; 0: text ids + action ids. Else action ids take its tail
     c.reserved_tail = 0  # ids at the very end of the vocabulary that action ids must not use
     # Prompt.

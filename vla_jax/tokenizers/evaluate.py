@@ -14,6 +14,20 @@ from vla_jax.tokenizers.binning import BinningTokenizer
 ActionUnitsFn = Callable[[np.ndarray, np.ndarray], dict[str, list[float]]]
 
 
+def smooth_chunks(seed: int, n: int, horizon: int, dim: int, waves: int = 3) -> np.ndarray:
+    """Synthetic normalized chunks ``[n, horizon, dim]``: sums of ``waves`` sinusoids below
+    1.5 cycles per chunk, within [-1, 1] (for tests and benchmarks)."""
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0.0, 1.0, horizon)[None, :, None]
+    chunks = np.zeros((n, horizon, dim))
+    for _ in range(waves):
+        freq = rng.uniform(0.0, 1.5, (n, 1, dim))
+        phase = rng.uniform(0.0, 2 * np.pi, (n, 1, dim))
+        amp = rng.uniform(0.0, 1.0 / waves, (n, 1, dim))
+        chunks += amp * np.sin(2 * np.pi * freq * t + phase)
+    return chunks
+
+
 def _rmse(diff: np.ndarray, weight: np.ndarray, axis) -> np.ndarray:
     return np.sqrt((np.square(diff) * weight).sum(axis) / np.maximum(weight.sum(axis), 1.0))
 

@@ -16,11 +16,12 @@ import dataclasses
 import io
 import os
 import pathlib
-import tempfile
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 import sentencepiece as spm
+
+from vla_jax.files import write_atomically
 
 PAD_ID = 0
 _PUNCTUATION = r"[^a-z0-9' ]"
@@ -77,9 +78,7 @@ class SentencePieceTokenizer:
         return self._sp.decode([int(i) for i in ids])
 
 
-def train_text_model(
-    sentences: Iterable[str], vocab_size: int, symbols: Sequence[str] = ()
-) -> SentencePieceTokenizer:
+def train_text_model(sentences: Iterable[str], vocab_size: int, symbols: Sequence[str] = ()) -> SentencePieceTokenizer:
     """A small BPE text model (Gemma's special ids: pad 0, eos 1, bos 2, unk 3).
 
     Byte fallback makes any text encodable, so the vocabulary holds 256 byte
@@ -108,19 +107,6 @@ def train_text_model(
         minloglevel=2,
     )
     return SentencePieceTokenizer(writer.getvalue(), name="trained text model")
-
-
-def write_atomically(path: pathlib.Path, data: bytes) -> None:
-    """Writes ``data`` to a temporary file next to ``path`` and renames it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclasses.dataclass(frozen=True)

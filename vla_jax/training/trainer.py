@@ -19,10 +19,10 @@ from vla_jax import sharding
 from vla_jax.data import loader
 from vla_jax.data.statistics import normalize
 from vla_jax.errors import CheckpointError
+from vla_jax.files import write_atomically
 from vla_jax.models.vla import VLA, IOShapes, build_model
 from vla_jax.tokenizers import build
 from vla_jax.tokenizers.prompt import PromptTokenizer
-from vla_jax.tokenizers.text import write_atomically
 from vla_jax.training import checkpoint, metrics, optimizer, state, step
 
 
@@ -129,6 +129,14 @@ def evaluate(eval_step, params, val_global: list[dict], prompt: PromptTokenizer 
     return results
 
 
+def make_eval_step(config, layout: state.StateLayout, batch_sharding, prompt: PromptTokenizer | None):
+    """The validation step :func:`evaluate` takes: error sums, or greedy ids in fast mode."""
+    if prompt is None:
+        return step.make_eval_step(layout, batch_sharding)
+    decode_tokens = config.tokenizer.decode_tokens or config.tokenizer.max_length
+    return step.make_generate_step(layout, batch_sharding, decode_tokens, prompt.eos)
+
+
 def prepare_prompt_tokenizer(
     config: ml_collections.ConfigDict, mix: loader.DataMixture, workdir: pathlib.Path
 ) -> PromptTokenizer:
@@ -223,11 +231,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, sto
     prompt = prepare_prompt_tokenizer(config, data, workdir) if config.model.mode == "fast" else None
     with sharding.logical_rules(rules), jax.set_mesh(mesh):
         train_step = step.make_train_step(layout, tx, batch_sharding)
-        if prompt is None:
-            eval_step = step.make_eval_step(layout, batch_sharding)
-        else:
-            decode_tokens = config.tokenizer.decode_tokens or config.tokenizer.max_length
-            eval_step = step.make_generate_step(layout, batch_sharding, decode_tokens, prompt.eos)
+        eval_step = make_eval_step(config, layout, batch_sharding, prompt)
         val_local = loader.val_batches(data, config.data, global_batch_size=config.batch_size, prompt=prompt)
         val_global = [loader.to_global_batch(b, batch_sharding) for b in val_local]
         baseline = mean_action_baseline(val_local, data)
