@@ -56,7 +56,7 @@ def _action_units_fn(mix: loader.DataMixture, sample: dict) -> evaluate.ActionUn
             diff = units(decoded[rows]) - units(sample["actions"][rows])
             weight = sample["action_mask"][rows][..., None]
             mse = (np.square(diff) * weight).sum((0, 1)) / np.maximum(weight.sum((0, 1)), 1.0)
-            result[source.spec.name] = np.sqrt(mse).round(6).tolist()
+            result[source.spec.name] = np.sqrt(mse).astype(np.float64).round(6).tolist()
         return result
 
     return rmse

@@ -56,7 +56,7 @@ def measure(
         "tokens_per_chunk_p95": float(np.percentile(lengths, 95)),
         "tokens_per_chunk_max": int(lengths.max()),
         "rmse_normalized": float(_rmse(diff, weight, axis=None)),
-        "rmse_normalized_per_dim": _rmse(diff, weight, axis=(0, 1)).round(5).tolist(),
+        "rmse_normalized_per_dim": _rmse(diff, weight, axis=(0, 1)).astype(np.float64).round(5).tolist(),
         "max_abs_error_normalized": float(np.abs(diff * weight).max()),
         "decode_valid_rate": float(valid.mean()),
         "encode_chunks_per_s": len(chunks) / max(encode_s, 1e-9),
