@@ -84,8 +84,11 @@ def test_tokenizer_fit_and_eval_json(demo_dir, tmp_path):
     import json
 
     cache = demo_dir.parents[3]
+    one_second = "--config.data.action_horizon=10"  # 1-s chunks of the 10 Hz demo
     fit = _run(
-        ["tokenizer", "fit", "--config", DEBUG, "--out", "fast.json", "--chunks", "3000", "--json"], cache, tmp_path
+        ["tokenizer", "fit", "--config", DEBUG, one_second, "--out", "fast.json", "--chunks", "3000", "--json"],
+        cache,
+        tmp_path,
     )
     assert fit.returncode == 0, fit.stderr[-3000:]
     fitted = json.loads(fit.stdout)
@@ -93,7 +96,7 @@ def test_tokenizer_fit_and_eval_json(demo_dir, tmp_path):
     assert (fitted["horizon"], fitted["action_dim"]) == (10, 4) and (tmp_path / "fast.json").is_file()
 
     evaluation = _run(
-        ["tokenizer", "eval", "fast.json", "--config", DEBUG, "--chunks", "500", "--json"], cache, tmp_path
+        ["tokenizer", "eval", "fast.json", "--config", DEBUG, one_second, "--chunks", "500", "--json"], cache, tmp_path
     )
     assert evaluation.returncode == 0, evaluation.stderr[-3000:]
     result = json.loads(evaluation.stdout)

@@ -75,7 +75,7 @@ def test_workdir_contract(full_run):
     assert [r["step"] for r in records if "val_action_error" in r] == [3, 6]
     assert all(0.0 <= r["val_decode_valid_rate"] <= 1.0 for r in records if "val_action_error" in r)
     assert all(
-        0.0 < r["token_accuracy"] <= 1.0 and r["prompt_truncated_fraction"] == 0.0 for r in records if "loss" in r
+        0.0 <= r["token_accuracy"] <= 1.0 and r["prompt_truncated_fraction"] == 0.0 for r in records if "loss" in r
     )
     assert summary["step"] == 6 and np.isfinite(summary["loss"])
     assert checkpoint.Checkpointer(workdir / "checkpoints", max_to_keep=3, save_interval_steps=2).all_steps() == [
