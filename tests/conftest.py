@@ -36,3 +36,21 @@ def debug_config(*overrides: str):
     from vla_jax.config import load_config
 
     return load_config(str(REPO / "experiments" / "debug.py"), list(overrides))
+
+
+def assert_statistics_match(stats, rows, *, atol: float, std_rtol: float) -> None:
+    """``stats`` (an ArrayStats) agree with NumPy on ``rows [N, D]``; q01/q99 within one histogram bin."""
+    import numpy as np
+
+    from vla_jax.data import statistics
+
+    np.testing.assert_allclose(stats.mean, rows.mean(0), rtol=1e-5, atol=atol)
+    np.testing.assert_allclose(stats.std, rows.std(0), rtol=std_rtol, atol=atol)
+    np.testing.assert_allclose(stats.min, rows.min(0), rtol=1e-6)
+    np.testing.assert_allclose(stats.max, rows.max(0), rtol=1e-6)
+    bound = (rows.max(0) - rows.min(0)) / statistics.HISTOGRAM_BINS + atol
+    for q, got in ((0.01, stats.q01), (0.99, stats.q99)):
+        # The histogram quantile lies within one bin of an exact order statistic.
+        lo = np.quantile(rows, q, axis=0, method="lower")
+        hi = np.quantile(rows, q, axis=0, method="higher")
+        assert np.all(got >= lo - bound) and np.all(got <= hi + bound), (q, got, lo, hi)

@@ -13,6 +13,7 @@ from vla_jax.data.standardize import standardize
 from vla_jax.errors import ConfigError
 
 from . import rlds_fixtures
+from .conftest import assert_statistics_match
 
 
 @pytest.fixture(scope="module")
@@ -124,15 +125,7 @@ def test_statistics_match_numpy_on_the_train_split(corpus):
         stats = source.statistics
         assert stats.num_trajectories == len(episodes) and stats.num_transitions == len(actions)
         for got, rows in ((stats.action, actions), (stats.state, states)):
-            np.testing.assert_allclose(got.mean, rows.mean(0), rtol=1e-5, atol=1e-5)
-            np.testing.assert_allclose(got.std, rows.std(0), rtol=1e-4, atol=1e-5)
-            np.testing.assert_allclose(got.min, rows.min(0), rtol=1e-6)
-            np.testing.assert_allclose(got.max, rows.max(0), rtol=1e-6)
-            bound = (rows.max(0) - rows.min(0)) / statistics.HISTOGRAM_BINS + 1e-5
-            for q, value in ((0.01, got.q01), (0.99, got.q99)):
-                lo = np.quantile(rows, q, axis=0, method="lower")
-                hi = np.quantile(rows, q, axis=0, method="higher")
-                assert np.all(value >= lo - bound) and np.all(value <= hi + bound)
+            assert_statistics_match(got, rows, atol=1e-5, std_rtol=1e-4)
         assert stats.action_mask == layout.spec.normalize_action
 
 
