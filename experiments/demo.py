@@ -15,6 +15,7 @@ import ml_collections
 
 from vla_jax import sharding
 from vla_jax.data.config import data_config
+from vla_jax.models import presets
 from vla_jax.tokenizers.config import tokenizer_config
 
 
@@ -33,6 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.sharding = ml_collections.ConfigDict()
     config.sharding.rules = sharding.DEFAULT_RULES
     config.sharding.fsdp_min_bytes = 4 * 2**20
+    config.sharding.max_replicated_fraction = 1.0  # tiny: every tensor is under fsdp_min_bytes
 
     config.data = data_config(mixture="vla_demo")
     config.data.action_horizon = 4  # 0.4 s at 10 Hz (tokenizer eval at 1 s: --config.data.action_horizon=10)
@@ -50,16 +52,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.tokenizer.max_length = 48
     config.tokenizer.decode_tokens = 20
 
-    config.model = ml_collections.ConfigDict()
-    config.model.mode = "fast"  # FAST action tokens; "regression" for the continuous head
-    config.model.width = 128
-    config.model.depth = 3
-    config.model.num_heads = 4
-    config.model.mlp_dim = 256
-    config.model.patch_size = 16
-    config.model.vit_depth = 0
-    config.model.num_readouts = 1
-    config.model.dtype = "float32"
+    config.model = presets.model_config("tiny")
+    config.model.mode = "fast"  # FAST action tokens; "flow" or "fast+flow" for the action expert
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.peak_lr = 2e-3

@@ -1,72 +1,58 @@
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
+from vla_jax.models import presets
+from vla_jax.models.action_expert import flow_time, noisy_chunks
 from vla_jax.models.vla import IOShapes, build_model
 
 from .conftest import debug_config
 
-IO = IOShapes(("primary", "wrist"), 64, 1024, 12, 4, 4, 4)
-REGRESSION = debug_config("model.mode=regression").model
-FAST = debug_config().model
-PROMPT_IO = IOShapes(("primary", "wrist"), 64, 300, 24, 4, 4, 4)
+IO = IOShapes(("primary", "wrist"), 64, 300, 24, 4, 4, 4)
 
 
-def _batch(rng, batch_size=8):
-    return {
+def _model_config(mode: str, *overrides: str):
+    return debug_config(f"model.mode={mode}", *overrides).model
+
+
+def _batch(rng, batch_size=4, prefix=10, postfix=8):
+    """Random inputs; prompts of ``prefix`` bidirectional ids, ``postfix`` causal ids with loss, then padding."""
+    length = IO.text_length
+    tokens = rng.integers(3, IO.text_vocab_size, (batch_size, length)).astype(np.int32)
+    positions = np.arange(length)[None, :]
+    batch = {
         "image_primary": rng.integers(0, 255, (batch_size, 64, 64, 3), dtype=np.uint8),
         "image_primary_mask": np.ones(batch_size, bool),
         "image_wrist": rng.integers(0, 255, (batch_size, 64, 64, 3), dtype=np.uint8),
         "image_wrist_mask": np.ones(batch_size, bool),
-        "text_ids": rng.integers(1, 1024, (batch_size, 12)).astype(np.int32),
-        "text_mask": np.ones((batch_size, 12), bool),
         "state": rng.normal(size=(batch_size, 4)).astype(np.float32),
         "actions": rng.uniform(-1, 1, (batch_size, 4, 4)).astype(np.float32),
         "action_mask": np.ones((batch_size, 4), bool),
         "action_dim_mask": np.ones((batch_size, 4), bool),
+        "action_space": (np.arange(batch_size) % 2).astype(np.int32),
+        "prompt_tokens": tokens,
+        "prompt_mask": np.broadcast_to(positions < prefix + postfix, tokens.shape).copy(),
+        "prompt_truncated": np.zeros(batch_size, bool),
     }
+    batch["prompt_ar_mask"] = batch["prompt_mask"] & (positions >= prefix)
+    batch["prompt_loss_mask"] = batch["prompt_ar_mask"].copy()
+    return batch
 
 
-def test_output_shape_and_parameter_axes():
-    model = build_model(REGRESSION, IO, seed=0)
-    out = model(_batch(np.random.default_rng(0)))
-    assert out.shape == (8, 4, 4) and out.dtype == jnp.float32
-    _, params = nnx.split(model)
-    for path, variable in nnx.to_flat_state(params):
-        axes = variable.get_metadata().get("out_sharding")
-        assert axes is not None and len(axes) == variable.get_value().ndim, path
-
-
-def test_masked_camera_and_text_padding_are_ignored():
-    model = build_model(REGRESSION, IO, seed=0)
-    rng = np.random.default_rng(1)
-    batch = _batch(rng)
-    batch["image_wrist_mask"][:] = False
-    batch["text_mask"][:, 6:] = False
-    base = model(batch)
-    perturbed = dict(batch, image_wrist=255 - batch["image_wrist"])
-    perturbed["text_ids"] = batch["text_ids"].copy()
-    perturbed["text_ids"][:, 6:] = 7
-    np.testing.assert_allclose(model(perturbed), base, atol=1e-5)
-    visible = dict(batch, image_primary=255 - batch["image_primary"])
-    assert not np.allclose(model(visible), base, atol=1e-3)
-
-
-def _fit_losses(model, batch, steps: int) -> list[float]:
-    """Losses of ``steps`` Adam steps fitting ``model`` to one batch."""
+def _fit_losses(model, batch, steps: int, lr: float = 3e-3) -> list[float]:
+    """Losses of ``steps`` Adam steps fitting ``model`` to one batch (fixed flow noise)."""
     graphdef, params = nnx.split(model)
-    params = nnx.to_pure_dict(params)
-    tx = optax.adam(3e-3)
+    tx = optax.adam(lr)
     opt_state = tx.init(params)
+    rng = jax.random.key(0)
 
     @jax.jit
     def step(params, opt_state):
-        (loss, _), grads = jax.value_and_grad(lambda p: nnx.merge(graphdef, p).loss(batch), has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state)
+        loss, grads = jax.value_and_grad(lambda p: nnx.merge(graphdef, p).loss(batch, rng)[0])(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
     losses = []
@@ -76,53 +62,44 @@ def _fit_losses(model, batch, steps: int) -> list[float]:
     return losses
 
 
-def test_loss_decreases_when_fitting_a_batch():
-    losses = _fit_losses(build_model(REGRESSION, IO, seed=0), _batch(np.random.default_rng(2)), 60)
-    assert losses[-1] < 0.2 * losses[0], losses[::10]
+@pytest.mark.parametrize("name", presets.PRESETS)
+def test_every_preset_builds_with_eval_shape_and_names_every_axis(name):
+    config = presets.model_config(name)
+    config.mode = "fast+flow"
+    model = nnx.eval_shape(lambda: build_model(config, presets.default_io(name), 0))
+    leaves = jax.tree.leaves(nnx.state(model, nnx.Param), is_leaf=lambda x: isinstance(x, nnx.Variable))
+    assert leaves
+    for variable in leaves:
+        axes = variable.get_metadata().get("out_sharding")
+        assert axes is not None and len(axes) == variable.get_value().ndim, variable
+    expert_axes = {a for v in leaves for a in v.get_metadata()["out_sharding"]}
+    assert "expert" in expert_axes  # every preset's expert has MoE layers in its default plan
 
 
-def test_padded_chunk_steps_carry_no_loss():
-    model = build_model(REGRESSION, IO, seed=0)
-    batch = _batch(np.random.default_rng(3))
-    batch["action_mask"][:, 2:] = False
-    loss = functools.partial(lambda b: model.loss(b)[0])
-    changed = dict(batch, actions=batch["actions"].copy())
-    changed["actions"][:, 2:] += 100.0
-    np.testing.assert_allclose(loss(changed), loss(batch), rtol=1e-6)
+def test_masked_camera_and_prompt_padding_are_ignored():
+    model = build_model(_model_config("fast"), IO, seed=0)
+    batch = _batch(np.random.default_rng(1))
+    batch["image_wrist_mask"][:] = False
 
+    @jax.jit
+    def logits(b):
+        return model.prompt_logits(b, b["prompt_tokens"], b["prompt_mask"], b["prompt_ar_mask"])
 
-def test_padded_action_dims_carry_no_loss():
-    """Width padding (a dataset with fewer action dims than the mixture) is not a target."""
-    model = build_model(REGRESSION, IO, seed=0)
-    batch = _batch(np.random.default_rng(4))
-    batch["action_dim_mask"][:4, 3] = False
-    changed = dict(batch, actions=batch["actions"].copy())
-    changed["actions"][:4, :, 3] += 100.0
-    np.testing.assert_allclose(model.loss(changed)[0], model.loss(batch)[0], rtol=1e-6)
-    changed["actions"][4:, :, 3] += 1.0  # a real dim of the other rows does count
-    assert abs(float(model.loss(changed)[0]) - float(model.loss(batch)[0])) > 1e-3
-
-
-def _prompt_batch(rng, batch_size=4, prefix=10, postfix=8):
-    """Random prompts: ``prefix`` bidirectional ids, ``postfix`` causal ids with loss, then padding."""
-    batch = _batch(rng, batch_size)
-    length = PROMPT_IO.text_length
-    tokens = rng.integers(3, PROMPT_IO.text_vocab_size, (batch_size, length)).astype(np.int32)
-    positions = np.arange(length)[None, :]
-    batch["prompt_tokens"] = tokens
-    batch["prompt_mask"] = np.broadcast_to(positions < prefix + postfix, tokens.shape).copy()
-    batch["prompt_ar_mask"] = batch["prompt_mask"] & (positions >= prefix)
-    batch["prompt_loss_mask"] = batch["prompt_ar_mask"].copy()
-    batch["prompt_truncated"] = np.zeros(batch_size, bool)
-    return batch
+    base = logits(batch)
+    perturbed = dict(batch, image_wrist=255 - batch["image_wrist"], prompt_tokens=batch["prompt_tokens"].copy())
+    perturbed["prompt_tokens"][:, 18:] = 7  # padding
+    np.testing.assert_allclose(logits(perturbed)[:, :18], base[:, :18], atol=1e-5)
+    visible = dict(perturbed, image_wrist_mask=np.ones(4, bool))
+    assert not np.allclose(logits(visible)[:, :18], base[:, :18], atol=1e-3)
 
 
 def test_fast_prefix_is_unaffected_by_the_postfix_and_postfix_is_causal():
-    model = build_model(FAST, PROMPT_IO, seed=0)
-    batch = _prompt_batch(np.random.default_rng(5))
+    model = build_model(_model_config("fast"), IO, seed=0)
+    batch = _batch(np.random.default_rng(5))
 
+    @jax.jit
     def logits(b):
-        return np.asarray(model.prompt_logits(b, b["prompt_tokens"], b["prompt_mask"], b["prompt_ar_mask"]))
+        return model.prompt_logits(b, b["prompt_tokens"], b["prompt_mask"], b["prompt_ar_mask"])
 
     base = logits(batch)
     later = dict(batch, prompt_tokens=batch["prompt_tokens"].copy())
@@ -135,35 +112,111 @@ def test_fast_prefix_is_unaffected_by_the_postfix_and_postfix_is_causal():
     assert not np.allclose(logits(earlier)[:, :2], base[:, :2], atol=1e-4)
 
 
-def test_fast_greedy_generation_matches_step_by_step_argmax():
-    model = build_model(FAST, PROMPT_IO, seed=1)
-    rng = np.random.default_rng(6)
-    batch = _prompt_batch(rng)
+def _greedy_by_full_forward(model, batch, row: int, num_tokens: int, eos_id: int) -> list[int]:
+    prefix = batch["prompt_mask"][row] & ~batch["prompt_ar_mask"][row]
+    prefix_ids = batch["prompt_tokens"][row][prefix].tolist()
+    one = {k: v[row : row + 1] for k, v in batch.items()}
+    logits_fn = jax.jit(model.prompt_logits)
+    ids: list[int] = []
+    for _ in range(num_tokens):
+        sequence = np.array([prefix_ids + ids])
+        n = sequence.shape[1]
+        ar = np.arange(n)[None, :] >= len(prefix_ids)
+        step_logits = np.asarray(logits_fn(one, jnp.asarray(sequence), np.ones((1, n), bool), ar))
+        ids.append(int(step_logits[0, -1].argmax()))
+        if ids[-1] == eos_id:
+            break
+    return ids
+
+
+def test_kv_cache_greedy_decoding_equals_full_forward_decoding():
+    model = build_model(_model_config("fast"), IO, seed=1)
+    batch = _batch(np.random.default_rng(6))
     batch["prompt_mask"][1, 7:10] = False  # a shorter prefix in one row (padding before the postfix slots)
     batch["prompt_ar_mask"][1, 7:10] = False
-    generated = np.asarray(model.generate(batch, 6, eos_id=1))
-    for row in range(4):
-        prefix_ids = batch["prompt_tokens"][row][batch["prompt_mask"][row] & ~batch["prompt_ar_mask"][row]].tolist()
-        ids = []
-        for _ in range(6):
-            sequence = np.array([prefix_ids + ids])
-            n = sequence.shape[1]
-            one = {k: v[row : row + 1] for k, v in batch.items()}
-            mask = np.ones((1, n), bool)
-            ar = np.arange(n)[None, :] >= len(prefix_ids)
-            step_logits = np.asarray(model.prompt_logits(one, jnp.asarray(sequence), mask, ar))
-            ids.append(int(step_logits[0, -1].argmax()))
-            if ids[-1] == 1:
-                break
-        assert generated[row, : len(ids)].tolist() == ids
-        assert (generated[row, len(ids) :] == 1).all()
+    batch["image_wrist_mask"][2] = False  # a missing camera in another
+    cached = np.asarray(jax.jit(lambda b: model.generate(b, 6, eos_id=1))(batch))
+    uncached = np.asarray(jax.jit(lambda b: model.generate_uncached(b, 6, eos_id=1))(batch))
+    np.testing.assert_array_equal(cached, uncached)
+    for row in (1, 2):  # the rows with a gap: padding before the postfix, a missing camera
+        ids = _greedy_by_full_forward(model, batch, row, 6, eos_id=1)
+        assert cached[row, : len(ids)].tolist() == ids
+        assert (cached[row, len(ids) :] == 1).all()
+    # Early stop: make the first prediction EOS for every row by choosing it as the EOS id.
+    first = cached[:, 0]
+    if len(set(first.tolist())) == 1:
+        stopped = np.asarray(jax.jit(lambda b: model.generate(b, 6, eos_id=int(first[0])))(batch))
+        assert (stopped == first[0]).all()
 
 
 def test_fast_loss_counts_only_the_postfix_and_decreases():
-    model = build_model(FAST, PROMPT_IO, seed=2)
-    batch = _prompt_batch(np.random.default_rng(7))
+    model = build_model(_model_config("fast"), IO, seed=2)
+    batch = _batch(np.random.default_rng(7))
     changed = dict(batch, prompt_tokens=batch["prompt_tokens"].copy())
     changed["prompt_tokens"][:, 18:] = 9  # padding ids carry no loss
-    np.testing.assert_allclose(model.loss(changed)[0], model.loss(batch)[0], rtol=1e-6)
+    rng = jax.random.key(0)
+    np.testing.assert_allclose(model.loss(changed, rng)[0], model.loss(batch, rng)[0], rtol=1e-6)
     losses = _fit_losses(model, batch, 40)
     assert losses[-1] < 0.3 * losses[0], losses[::10]
+
+
+def test_action_expert_never_sees_the_postfix_and_prefix_never_sees_the_expert():
+    model = build_model(_model_config("fast+flow", "model.expert.plan=('as', 'hb')"), IO, seed=3)
+    batch = _batch(np.random.default_rng(8))
+    rng = jax.random.key(1)
+    sample = jax.jit(lambda b: model.sample_actions(b, rng))
+    base = np.asarray(sample(batch))
+    postfix_changed = dict(batch, prompt_tokens=batch["prompt_tokens"].copy())
+    postfix_changed["prompt_tokens"][:, 10:] = 5
+    np.testing.assert_allclose(np.asarray(sample(postfix_changed)), base, atol=1e-5)
+    prefix_changed = dict(batch, prompt_tokens=batch["prompt_tokens"].copy())
+    prefix_changed["prompt_tokens"][:, 3] = 5
+    assert not np.allclose(np.asarray(sample(prefix_changed)), base, atol=1e-4)
+    # The backbone's CE term does not depend on the action chunk the expert denoises.
+    token_ce = jax.jit(lambda b: model.loss(b, rng)[1]["token_ce"])
+    ce = lambda b: float(token_ce(b))  # noqa: E731
+    assert ce(dict(batch, actions=batch["actions"] + 3.0)) == ce(batch)
+
+
+@pytest.mark.parametrize("insulated", [True, False])
+def test_knowledge_insulation_stops_expert_gradients_into_the_backbone(insulated):
+    config = _model_config("flow", "model.expert.plan=('dense', 'hb')", f"model.flow.knowledge_insulation={insulated}")
+    model = build_model(config, IO, seed=4)
+    batch = _batch(np.random.default_rng(9))
+    graphdef, params = nnx.split(model)
+    grads = jax.jit(jax.grad(lambda p: nnx.merge(graphdef, p).loss(batch, jax.random.key(0))[0]))(params)
+    backbone_norm = float(optax.tree.norm(grads["backbone"]))
+    assert float(optax.tree.norm(grads["action_expert"])) > 0
+    assert (backbone_norm == 0.0) == insulated, backbone_norm
+
+
+def test_flow_matching_loss_decreases_and_padding_carries_no_loss():
+    model = build_model(_model_config("flow", "model.expert.plan=('as', 'hb')"), IO, seed=5)
+    batch = _batch(np.random.default_rng(10), batch_size=8)
+    batch["action_dim_mask"][:, 3] = False
+    batch["action_mask"][:2, 2:] = False
+    rng = jax.random.key(2)
+
+    @jax.jit
+    def velocity_error(b):
+        noisy, time, target = noisy_chunks(rng, b["actions"])
+        _, kvs, prefix, prefix_length = model._prefix_context(b)
+        velocity, _ = model.action_expert(noisy, time, kvs, prefix, prefix_length, model._routing(b))
+        return velocity - target, model.loss(b, rng)[1]["flow_mse"]
+
+    error, flow_mse = velocity_error(batch)
+    squared, flow_mse = np.square(np.asarray(error)), float(flow_mse)
+    weight = batch["action_mask"][:, :, None] & batch["action_dim_mask"][:, None, :]
+    np.testing.assert_allclose(flow_mse, squared[weight].mean(), rtol=1e-5)
+    assert abs(flow_mse - squared.mean()) > 1e-3
+    losses = _fit_losses(model, batch, 60)
+    assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:5]), losses[::10]
+
+
+def test_flow_time_is_a_true_beta_1_5_1_mapped_into_the_unit_interval():
+    from scipy import stats
+
+    t = np.asarray(flow_time(jax.random.key(0), 50_000))
+    assert t.min() >= 0.001 and t.max() <= 1.0
+    assert stats.kstest((t - 0.001) / 0.999, stats.beta(1.5, 1.0).cdf).pvalue > 0.01
+    assert stats.kstest(t, stats.uniform().cdf).pvalue < 1e-6  # not the uniform schedule

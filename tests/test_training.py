@@ -43,7 +43,7 @@ def test_same_loss_on_every_mesh(demo_dir, tmp_path):
         with jax.set_mesh(run.mesh), sharding.logical_rules(run.rules):
             train_state = state.init_state(run.model_fn, run.optimizer, run.layout)
             batch = loader.to_global_batch(batch_local, run.batch_sharding)
-            train_step = step.make_train_step(run.layout, run.optimizer, run.batch_sharding)
+            train_step = step.make_train_step(run.layout, run.optimizer, run.batch_sharding, config.seed)
             new_state, metrics = train_step(train_state, batch)
             results[(data, fsdp)] = (float(metrics["loss"]), float(metrics["grad_norm"]), _params_np(new_state))
     (loss0, norm0, params0), *others = results.values()
@@ -120,14 +120,14 @@ def test_checkpoint_from_8_devices_restores_on_1(full_run):
     assert all(len(x.sharding.device_set) == 1 for x in jax.tree.leaves(on1["state"]))
     jax.tree.map(np.testing.assert_array_equal, _params_np(on8["state"]), _params_np(on1["state"]))
     assert on1["meta"]["step"] == 6 and on1["dataset_statistics"]["vla_demo"]["normalization"] == "quantile"
-    assert on1["config"]["model"]["width"] == config.model.width
+    assert on1["config"]["model"]["backbone"]["width"] == config.model.backbone.width
 
 
 def test_resume_with_another_model_is_a_clear_error(full_run):
     config, workdir, _ = full_run
     before = (workdir / "config.json").read_text()
-    changed = debug_config("mesh.data=2", "mesh.fsdp=4", "model.width=48", "num_steps=8")
-    with pytest.raises(CheckpointError, match=r"model.width is 32 there, 48 here"):
+    changed = debug_config("mesh.data=2", "mesh.fsdp=4", "model.backbone.width=48", "num_steps=8")
+    with pytest.raises(CheckpointError, match=r"model.backbone.width is 32 there, 48 here"):
         trainer.train(changed, workdir)
     assert (workdir / "config.json").read_text() == before  # nothing overwritten
 

@@ -8,6 +8,7 @@
     vla-jax data demo [--data-dir DIR]
     vla-jax tokenizer fit --config CFG [--config.key=value ...] --out FILE [--chunks N] [--json]
     vla-jax tokenizer eval FILE --config CFG [--config.key=value ...] [--chunks N] [--json]
+    vla-jax model summary (--config CFG [--config.key=value ...] | --preset NAME) [--mesh fsdp=8] [--json]
 
 Errors the user can fix (bad config key, missing dataset, corrupt cache,
 unusable checkpoint) are printed as one line and exit with status 2.
@@ -20,7 +21,7 @@ import json
 import os
 import sys
 
-from vla_jax.errors import VlaJaxError
+from vla_jax.errors import ConfigError, VlaJaxError
 
 CONFIG_OVERRIDE_PREFIX = "--config."
 
@@ -82,7 +83,63 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--config", required=True, help="config file whose data mixture and tokenizer settings to use")
         sub.add_argument("--chunks", type=int, default=None, help=f"action chunks to sample (default {default})")
         sub.add_argument("--json", action="store_true", help="print JSON")
+
+    model = commands.add_parser("model", help="model tools")
+    model_commands = model.add_subparsers(dest="model_command", required=True)
+    summary = model_commands.add_parser("summary", help="parameters, FLOPs and memory per device, from shapes alone")
+    source = summary.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help="config file whose model, data shapes, tokenizer and mesh to use")
+    source.add_argument("--preset", help="a model preset (tiny, small, paligemma_himoe) with its default inputs")
+    summary.add_argument(
+        "--mesh",
+        default="",
+        help="mesh axes as axis=size,... (e.g. fsdp=8); default: the config's mesh, or fsdp over the local devices",
+    )
+    summary.add_argument("--json", action="store_true", help="print JSON")
     return parser
+
+
+def _parse_mesh(text: str) -> dict[str, int]:
+    mesh = {}
+    for part in filter(None, text.split(",")):
+        axis, sep, size = part.partition("=")
+        if not sep or not size.lstrip("-").isdigit():
+            raise ConfigError(f"--mesh entry {part!r} is not of the form axis=size (e.g. fsdp=8)")
+        mesh[axis.strip()] = int(size)
+    return mesh
+
+
+def _model(args, overrides: list[str]) -> None:
+    import math
+
+    import jax
+
+    from vla_jax import config as config_lib
+    from vla_jax import sharding
+    from vla_jax.models import presets
+    from vla_jax.training import summary
+
+    if args.preset:
+        if overrides:
+            raise ConfigError("--config.* overrides need --config, not --preset")
+        if args.preset not in presets.PRESETS:
+            raise ConfigError(f"unknown preset {args.preset!r}; expected one of {presets.PRESETS}")
+        model_config, io = presets.model_config(args.preset), presets.default_io(args.preset)
+        mesh_shape, rules, fsdp_min_bytes, tx = {"fsdp": -1}, sharding.DEFAULT_RULES, 4 * 2**20, None
+    else:
+        from vla_jax.training import optimizer, trainer
+
+        config = config_lib.load_config(args.config, overrides)
+        model_config, io = config.model, trainer.io_shapes(config)
+        mesh_shape, rules = dict(config.mesh), tuple(tuple(r) for r in config.sharding.rules)
+        fsdp_min_bytes = config.sharding.fsdp_min_bytes
+        tx = optimizer.make_optimizer(config.optimizer, config.num_steps)
+    mesh_shape = _parse_mesh(args.mesh) or mesh_shape
+    # A mesh with a -1 axis spans this machine's devices; a fully given one need not exist here.
+    num_devices = jax.device_count() if -1 in mesh_shape.values() else math.prod(mesh_shape.values())
+    mesh = sharding.abstract_mesh(mesh_shape, num_devices)
+    result = summary.summarize(model_config, io, mesh, rules=rules, fsdp_min_bytes=fsdp_min_bytes, optimizer=tx)
+    _print(result, args.json, summary.format_summary(result))
 
 
 def _tokenizer(args, overrides: list[str]) -> None:
@@ -145,8 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     rest, overrides = _split_overrides(argv)
     args = _parser().parse_args(rest)
-    if overrides and args.command not in ("train", "tokenizer"):
-        _parser().error(f"--config.* overrides only apply to 'train' and 'tokenizer', got {overrides}")
+    if overrides and args.command not in ("train", "tokenizer", "model"):
+        _parser().error(f"--config.* overrides only apply to 'train', 'tokenizer' and 'model', got {overrides}")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         if args.command == "train":
@@ -155,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
             return _data(args)
         elif args.command == "tokenizer":
             _tokenizer(args, overrides)
+        elif args.command == "model":
+            _model(args, overrides)
     except VlaJaxError as e:
         print(f"vla-jax: error: {e}", file=sys.stderr)
         return 2

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding, PartitionSpec
 
 from vla_jax.errors import ConfigError
 
@@ -29,6 +29,7 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("embed", None),
     ("mlp", "tensor"),
     ("heads", "tensor"),
+    ("kv_heads", "tensor"),
     ("head_dim", None),
     ("vocab", "tensor"),
     ("patch", None),
@@ -38,13 +39,8 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 _active_rules: list[tuple] = [DEFAULT_RULES]
 
 
-def make_mesh(shape: dict[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A mesh over ``MESH_AXES``; one axis may be -1 to take the remaining devices.
-
-    Every axis is ``AxisType.Auto`` so that ordinary code (indexing, gathers)
-    keeps working under the compiler's sharding propagation.
-    """
-    devices = list(devices if devices is not None else jax.devices())
+def mesh_sizes(shape: dict[str, int], num_devices: int) -> tuple[int, ...]:
+    """Axis sizes in ``MESH_AXES`` order; one axis may be -1 to take the remaining devices."""
     unknown = set(shape) - set(MESH_AXES)
     if unknown:
         raise ConfigError(f"config key 'mesh' has unknown axes {sorted(unknown)}; the axes are {MESH_AXES}")
@@ -53,14 +49,31 @@ def make_mesh(shape: dict[str, int], devices: Sequence[jax.Device] | None = None
         raise ConfigError(f"config key 'mesh': at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
-        if len(devices) % known:
-            raise ConfigError(f"config key 'mesh' {dict(zip(MESH_AXES, sizes))} does not divide {len(devices)} devices")
-        sizes[sizes.index(-1)] = len(devices) // known
-    if math.prod(sizes) != len(devices):
+        if num_devices % known:
+            raise ConfigError(f"config key 'mesh' {dict(zip(MESH_AXES, sizes))} does not divide {num_devices} devices")
+        sizes[sizes.index(-1)] = num_devices // known
+    if math.prod(sizes) != num_devices:
         raise ConfigError(
-            f"config key 'mesh' {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, found {len(devices)}"
+            f"config key 'mesh' {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, found {num_devices}"
         )
+    return tuple(sizes)
+
+
+def make_mesh(shape: dict[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A mesh over ``MESH_AXES`` (see :func:`mesh_sizes`).
+
+    Every axis is ``AxisType.Auto`` so that ordinary code (indexing, gathers)
+    keeps working under the compiler's sharding propagation.
+    """
+    devices = list(devices if devices is not None else jax.devices())
+    sizes = mesh_sizes(shape, len(devices))
     return jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+
+
+def abstract_mesh(shape: dict[str, int], num_devices: int) -> AbstractMesh:
+    """A mesh of ``num_devices`` that need not exist here: for shardings and memory estimates only."""
+    sizes = mesh_sizes(shape, num_devices)
+    return AbstractMesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 
 @contextlib.contextmanager
@@ -125,6 +138,14 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def bytes_per_device(abstract_tree, shardings) -> int:
+    """Bytes of the largest shard of every array in the tree, summed (what one device holds)."""
+    total = 0
+    for leaf, sharding in zip(jax.tree.leaves(abstract_tree), jax.tree.leaves(shardings)):
+        total += math.prod(sharding.shard_shape(leaf.shape)) * np.dtype(leaf.dtype).itemsize
+    return total
+
+
 def replicated_fraction(abstract_params, shardings) -> float:
     """Fraction of parameter bytes that every device holds in full."""
     total = replicated_bytes = 0
@@ -134,6 +155,17 @@ def replicated_fraction(abstract_params, shardings) -> float:
         if sharding.is_fully_replicated:
             replicated_bytes += nbytes
     return replicated_bytes / max(total, 1)
+
+
+def batch_groups(batch_size: int) -> int:
+    """How many devices the batch axis is split over in the current mesh (1 outside a mesh).
+
+    Per-device work such as MoE capacity dispatch is grouped by this number.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return 1
+    return math.gcd(batch_size, math.prod(mesh.shape[a] for a in BATCH_AXES))
 
 
 def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:

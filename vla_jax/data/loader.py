@@ -359,15 +359,17 @@ def _map_over_window(frame: dict, decode, data_config) -> dict:
     return dict(frame, observation=decoded)
 
 
-def _add_prompts(ds: tf.data.Dataset, prompt: PromptTokenizer) -> tf.data.Dataset:
+def _add_prompts(ds: tf.data.Dataset, prompt: PromptTokenizer, with_actions: bool) -> tf.data.Dataset:
     """Replaces each batch's ``instruction`` strings with π0-FAST prompt arrays (see ``PROMPT_KEYS``).
+
+    Without ``with_actions`` the prompts hold only the prefix (no action postfix).
 
     Runs the prompt tokenizer (sentencepiece, FAST) on tf.data's threads, so it
     overlaps with the training step.
     """
 
     def tokenize(instruction, state, state_mask, actions):
-        out = prompt.tokenize(instruction, state, state_mask, actions)
+        out = prompt.tokenize(instruction, state, state_mask, actions if with_actions else None)
         return [out[key] for key in PROMPT_KEYS]
 
     def add(batch: dict) -> dict:
@@ -407,10 +409,12 @@ def train_batches(
     seed: int,
     start_step: int = 0,
     prompt: PromptTokenizer | None = None,
+    prompt_actions: bool = True,
 ) -> Iterator[dict[str, np.ndarray]]:
     """An endless, seeded stream of this process's part of each global batch.
 
-    With ``prompt``, batches carry π0-FAST prompt arrays instead of word-hash text ids.
+    With ``prompt``, batches carry π0-FAST prompt arrays instead of word-hash
+    text ids; with ``prompt_actions`` False, prompts have no action postfix.
 
     The stream is a function of ``seed`` alone; resuming at ``start_step`` skips
     the frames of earlier steps before their images are decoded, so a resumed
@@ -441,7 +445,7 @@ def train_batches(
     )
     ds = ds.batch(local_batch, drop_remainder=True)
     if prompt is not None:
-        ds = _add_prompts(ds, prompt)
+        ds = _add_prompts(ds, prompt, prompt_actions)
     ds = ds.prefetch(2).with_options(_options(data_config))
     return ds.as_numpy_iterator()
 
@@ -452,8 +456,12 @@ def val_batches(
     *,
     global_batch_size: int,
     prompt: PromptTokenizer | None = None,
+    prompt_actions: bool = True,
 ) -> list[dict[str, np.ndarray]]:
-    """At most ``data.val_batches`` full batches of the validation splits, mixed in a fixed order."""
+    """At most ``data.val_batches`` full batches of the validation splits, mixed in a fixed order.
+
+    ``prompt`` and ``prompt_actions`` as in :func:`train_batches`.
+    """
     local_batch = _local_batch_size(global_batch_size)
     per_dataset = [
         _frames(s, i, mix, data_config, training=False, seed=0, threads=2, read_threads=1)
@@ -469,7 +477,7 @@ def val_batches(
     ds = ds.map(to_inputs, num_parallel_calls=4)
     ds = ds.batch(local_batch, drop_remainder=True).take(data_config.val_batches)
     if prompt is not None:
-        ds = _add_prompts(ds, prompt)
+        ds = _add_prompts(ds, prompt, prompt_actions)
     return list(ds.with_options(_options(data_config)).as_numpy_iterator())
 
 

@@ -1,74 +1,29 @@
-"""A pre-norm transformer with key padding masks and optional prefix-LM (causal postfix) masks."""
+"""Gemma-style decoder: RMSNorm (1+w), rotary positions, grouped-query attention, a KV cache.
+
+One :class:`Decoder` is the backbone; a second one with its own width and
+feed-forward blocks is the action expert of a mixture-of-transformers: layer
+``i`` of the expert attends to its own tokens and to the keys/values that layer
+``i`` of the backbone computed for the prefix (``context``). The backbone never
+sees the expert's tokens.
+
+Keys/values come back from every call, so the backbone's prefix can be
+computed once and reused: by the expert at each flow-matching step, and by
+greedy decoding, which writes each new token into a fixed-size ``cache`` at
+``write_at`` and attends over the whole buffer under a mask.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from vla_jax import sharding
-from vla_jax.models.layers import Dense, LayerNorm, param
+from vla_jax.models.layers import RMSNorm, param, rotary
 
-
-class Attention(nnx.Module):
-    """Multi-head self-attention; projections named ``(embed, heads, head_dim)``."""
-
-    def __init__(self, width: int, num_heads: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
-        if width % num_heads:
-            raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
-        head_dim = width // num_heads
-        init = nnx.initializers.lecun_normal(in_axis=0, out_axis=(1, 2))
-        shape, axes = (width, num_heads, head_dim), ("embed", "heads", "head_dim")
-        self.query = param(rngs, init, shape, axes)
-        self.key = param(rngs, init, shape, axes)
-        self.value = param(rngs, init, shape, axes)
-        out_init = nnx.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)
-        self.out = param(rngs, out_init, (num_heads, head_dim, width), ("heads", "head_dim", "embed"))
-        self.dtype = dtype
-
-    def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
-        """``x [B, N, D]``, ``mask [B, N, N]`` (True = may attend)."""
-        x = x.astype(self.dtype)
-        q, k, v = (
-            jnp.einsum("bnd,dhk->bnhk", x, w[...].astype(self.dtype)) for w in (self.query, self.key, self.value)
-        )
-        logits = jnp.einsum("bqhk,bshk->bhqs", q, k).astype(jnp.float32) / jnp.sqrt(q.shape[-1])
-        logits = jnp.where(mask[:, None], logits, jnp.finfo(jnp.float32).min)
-        weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-        attended = jnp.einsum("bhqs,bshk->bqhk", weights, v)
-        return jnp.einsum("bqhk,hkd->bqd", attended, self.out[...].astype(self.dtype))
-
-
-class Block(nnx.Module):
-    def __init__(self, width: int, num_heads: int, mlp_dim: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
-        self.attention_norm = LayerNorm(width, rngs=rngs)
-        self.attention = Attention(width, num_heads, rngs=rngs, dtype=dtype)
-        self.mlp_norm = LayerNorm(width, rngs=rngs)
-        self.mlp_in = Dense(width, mlp_dim, ("embed", "mlp"), rngs=rngs, dtype=dtype)
-        self.mlp_out = Dense(mlp_dim, width, ("mlp", "embed"), rngs=rngs, dtype=dtype)
-
-    def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
-        x = x + self.attention(self.attention_norm(x), mask)
-        x = x + self.mlp_out(jax.nn.gelu(self.mlp_in(self.mlp_norm(x))))
-        return sharding.constrain(x, ("batch", None, "embed"))
-
-
-class Encoder(nnx.Module):
-    """``depth`` pre-norm blocks and a final norm."""
-
-    def __init__(self, depth: int, width: int, num_heads: int, mlp_dim: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
-        self.blocks = nnx.List([Block(width, num_heads, mlp_dim, rngs=rngs, dtype=dtype) for _ in range(depth)])
-        self.norm = LayerNorm(width, rngs=rngs)
-
-    def __call__(self, x: jax.Array, token_mask: jax.Array, ar_mask: jax.Array | None = None) -> jax.Array:
-        """``token_mask [B, N]``: padding tokens are never attended to. ``ar_mask``: see :func:`prefix_lm_mask`."""
-        if ar_mask is None:
-            mask = jnp.broadcast_to(token_mask[:, None, :], (*token_mask.shape, token_mask.shape[-1]))
-        else:
-            mask = prefix_lm_mask(token_mask, ar_mask)
-        for block in self.blocks:
-            x = block(x, mask)
-        return self.norm(x)
+KeyValue = tuple[jax.Array, jax.Array]  # each [B, S, kv_heads, head_dim]
 
 
 def prefix_lm_mask(token_mask: jax.Array, ar_mask: jax.Array) -> jax.Array:
@@ -80,3 +35,121 @@ def prefix_lm_mask(token_mask: jax.Array, ar_mask: jax.Array) -> jax.Array:
     """
     step = jnp.cumsum(ar_mask.astype(jnp.int32), axis=-1)
     return (step[:, None, :] <= step[:, :, None]) & token_mask[:, None, :]
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Grouped-query attention: ``q [B, N, H, d]``, ``k, v [B, S, K, d]`` (H divisible by K), ``mask [B, N, S]``."""
+    b, n, h, d = q.shape
+    groups = h // k.shape[2]
+    q = q.reshape(b, n, k.shape[2], groups, d)
+    logits = jnp.einsum("bnkgd,bskd->bkgns", q, k).astype(jnp.float32) * d**-0.5
+    logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("bkgns,bskd->bnkgd", weights, v).reshape(b, n, h, d)
+
+
+class DecoderLayer(nnx.Module):
+    """Pre-norm attention and feed-forward block; the feed-forward block may be a mixture of experts."""
+
+    def __init__(
+        self,
+        width: int,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        ffn: nnx.Module,
+        *,
+        rngs: nnx.Rngs,
+        dtype=jnp.float32,
+    ):
+        if num_heads % num_kv_heads:
+            raise ValueError(f"num_heads {num_heads} is not a multiple of num_kv_heads {num_kv_heads}")
+        init = nnx.initializers.lecun_normal(in_axis=0, out_axis=(1, 2))
+        self.attention_norm = RMSNorm(width, rngs=rngs)
+        self.query = param(rngs, init, (width, num_heads, head_dim), ("embed", "heads", "head_dim"))
+        self.key = param(rngs, init, (width, num_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"))
+        self.value = param(rngs, init, (width, num_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"))
+        out_init = nnx.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)
+        self.out = param(rngs, out_init, (num_heads, head_dim, width), ("heads", "head_dim", "embed"))
+        self.mlp_norm = RMSNorm(width, rngs=rngs)
+        self.ffn = ffn
+        self.dtype = dtype
+
+    def __call__(self, x, positions, mask, context, cache, write_at, routing):
+        h = self.attention_norm(x).astype(self.dtype)
+        project = lambda w: jnp.einsum("bnd,dhk->bnhk", h, w[...].astype(self.dtype))  # noqa: E731
+        q, k, v = rotary(project(self.query), positions), rotary(project(self.key), positions), project(self.value)
+        if cache is not None:
+            k = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), write_at, axis=1)
+            v = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), write_at, axis=1)
+        keys, values = k, v
+        if context is not None:
+            keys = jnp.concatenate([context[0].astype(k.dtype), k], axis=1)
+            values = jnp.concatenate([context[1].astype(v.dtype), v], axis=1)
+        attended = attend(q, keys, values, mask)
+        x = x + jnp.einsum("bnhk,hkd->bnd", attended, self.out[...].astype(self.dtype))
+        y, aux = self.ffn(self.mlp_norm(x), routing)
+        x = sharding.constrain(x + y.astype(x.dtype), ("batch", None, "embed"))
+        return x, (k, v), aux
+
+
+class Decoder(nnx.Module):
+    """A stack of :class:`DecoderLayer` (one feed-forward module per layer) and a final RMSNorm."""
+
+    def __init__(
+        self,
+        width: int,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        ffns: Sequence[nnx.Module],
+        *,
+        rngs: nnx.Rngs,
+        dtype=jnp.float32,
+        remat: Callable | None = None,
+    ):
+        self.layers = nnx.List(
+            [DecoderLayer(width, num_heads, num_kv_heads, head_dim, ffn, rngs=rngs, dtype=dtype) for ffn in ffns]
+        )
+        self.norm = RMSNorm(width, rngs=rngs)
+        self.remat = remat
+
+    def __call__(
+        self,
+        x: jax.Array,
+        positions: jax.Array,
+        mask: jax.Array,
+        *,
+        context: Sequence[KeyValue] | None = None,
+        cache: Sequence[KeyValue] | None = None,
+        write_at: jax.Array | int = 0,
+        routing=None,
+    ) -> tuple[jax.Array, list[KeyValue], list[dict]]:
+        """Runs ``x [B, N, width]`` at rotary ``positions [B, N]``.
+
+        ``mask [B, N, S]`` says which keys each token sees, where the keys are
+        ``context`` keys (if any) followed by the layer's own: the ``N`` new
+        ones, or the whole ``cache`` buffer with the new ones written at
+        ``write_at``. Returns the normed output, the per-layer keys/values
+        (the updated cache buffers when a cache is given) and the per-layer
+        auxiliary outputs of the feed-forward blocks.
+        """
+        kvs, auxes = [], []
+        for i, layer in enumerate(self.layers):
+            args = (
+                x,
+                positions,
+                mask,
+                None if context is None else context[i],
+                None if cache is None else cache[i],
+                write_at,
+                routing,
+            )
+            x, kv, aux = layer(*args) if self.remat is None else self.remat(_call_layer)(layer, *args)
+            kvs.append(kv)
+            auxes.append(aux)
+        return self.norm(x), kvs, auxes
+
+
+def _call_layer(layer, *args):
+    return layer(*args)

@@ -1,23 +1,28 @@
-"""The VLA policy: camera and text tokens into one transformer, actions out.
+"""The VLA policy: a SigLIP-style ViT and a Gemma-style backbone, with a flow-matching action expert.
 
-``model.mode`` picks how actions are produced:
+Sequence: ``[camera tokens] [prompt tokens]``, where the prompt (see
+:mod:`vla_jax.tokenizers.prompt`) holds the instruction and discretized state
+as a bidirectional prefix and, when the run trains on FAST tokens, the action
+tokens as a causal postfix. ``model.mode`` picks what is trained:
 
-- ``"fast"`` (π0-FAST): ``[camera tokens] [prompt tokens]``, where the prompt
-  (see :mod:`vla_jax.tokenizers.prompt`) holds the instruction and discretized
-  state as a bidirectional prefix and the action tokens as a causal postfix.
-  Trained with next-token cross-entropy on the postfix; actions come from
-  greedy decoding (:meth:`VLA.generate`) and the action tokenizer.
-- ``"regression"``: ``[camera tokens] [word-hash text tokens] [state token]
-  [readout tokens]``, all bidirectional; the pooled readouts are mapped by an
-  MLP head to an action chunk ``[horizon, action_dim]`` in normalized units,
-  trained with a squared error masked by the chunk's padding mask.
+- ``"fast"`` (π0-FAST): next-token cross-entropy on the postfix; actions come
+  from greedy decoding with a KV cache (:meth:`VLA.generate`).
+- ``"flow"`` (π0): the action expert, a second decoder with its own weights
+  (and HiMoE feed-forward blocks), attends layer by layer to the backbone's
+  prefix keys/values and predicts the flow-matching velocity of the action
+  chunk; actions come from ``flow.num_steps`` Euler steps
+  (:meth:`VLA.sample_actions`).
+- ``"fast+flow"``: both losses. With ``flow.knowledge_insulation`` the
+  expert's loss sends no gradient into the backbone. Inference uses the expert.
 
-A missing camera's tokens and text padding are always masked out.
+A missing camera's tokens and prompt padding are never attended to, and the
+expert never sees the FAST postfix.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -26,20 +31,28 @@ import optax
 from flax import nnx
 
 from vla_jax import sharding
+from vla_jax.data.specs import ACTION_SPACES
+from vla_jax.models import moe
+from vla_jax.models.action_expert import ActionExpert, euler_sample, noisy_chunks
 from vla_jax.models.layers import Dense, param
-from vla_jax.models.transformer import Encoder
+from vla_jax.models.transformer import Decoder, prefix_lm_mask
 from vla_jax.models.vit import ViT
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-MODES = ("fast", "regression")
+MODES = ("fast", "flow", "fast+flow")
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class IOShapes:
     """What the data gives the model, fixed by the data config, dataset spec and tokenizers.
 
-    In ``fast`` mode ``text_vocab_size`` and ``text_length`` are the prompt
-    tokenizer's vocabulary and ``max_length``.
+    ``text_vocab_size`` and ``text_length`` are the prompt tokenizer's
+    vocabulary (the embedding rows) and ``max_length``.
     """
 
     cameras: tuple[str, ...]
@@ -51,100 +64,194 @@ class IOShapes:
     action_horizon: int
 
 
+def _remat(name: str):
+    if name not in REMAT_POLICIES:
+        raise ValueError(f"config key 'model.remat' is {name!r}; expected one of {sorted(REMAT_POLICIES)}")
+    policy = REMAT_POLICIES[name]
+    return None if name == "none" else functools.partial(nnx.remat, policy=policy)
+
+
+def uses_fast(mode: str) -> bool:
+    return mode in ("fast", "fast+flow")
+
+
+def uses_flow(mode: str) -> bool:
+    return mode in ("flow", "fast+flow")
+
+
 class VLA(nnx.Module):
     def __init__(self, model: ml_collections.ConfigDict, io: IOShapes, *, rngs: nnx.Rngs):
         if model.dtype not in DTYPES:
             raise ValueError(f"config key 'model.dtype' is {model.dtype!r}; expected one of {sorted(DTYPES)}")
         if model.mode not in MODES:
             raise ValueError(f"config key 'model.mode' is {model.mode!r}; expected one of {list(MODES)}")
-        dtype = DTYPES[model.dtype]
-        width = model.width
-        self.io, self.mode = io, model.mode
+        dtype, remat = DTYPES[model.dtype], _remat(model.remat)
+        vit, bb = model.vit, model.backbone
+        self.io, self.mode, self.dtype = io, model.mode, dtype
         self.vit = ViT(
-            io.image_size, model.patch_size, width, model.vit_depth, model.num_heads, model.mlp_dim,
-            rngs=rngs, dtype=dtype,
+            io.image_size, vit.patch_size, vit.width, vit.depth, vit.num_heads, vit.mlp_dim,
+            rngs=rngs, dtype=dtype, remat=remat,
         )  # fmt: skip
-        self.camera_embed = param(rngs, nnx.initializers.normal(0.02), (len(io.cameras), width), (None, "embed"))
-        self.text_embed = param(rngs, nnx.initializers.normal(0.02), (io.text_vocab_size, width), ("vocab", "embed"))
-        self.text_position = param(rngs, nnx.initializers.normal(0.02), (io.text_length, width), (None, "embed"))
-        self.encoder = Encoder(model.depth, width, model.num_heads, model.mlp_dim, rngs=rngs, dtype=dtype)
-        if self.mode == "regression":
-            self.state_proj = Dense(io.state_dim, width, (None, "embed"), rngs=rngs, dtype=dtype)
-            self.readouts = param(rngs, nnx.initializers.normal(0.02), (model.num_readouts, width), (None, "embed"))
-            self.head_hidden = Dense(width, model.mlp_dim, ("embed", "mlp"), rngs=rngs, dtype=dtype)
-            out_dim = io.action_horizon * io.action_dim
-            self.head_out = Dense(model.mlp_dim, out_dim, ("mlp", None), rngs=rngs, dtype=dtype)
+        self.image_proj = Dense(vit.width, bb.width, ("vit_embed", "embed"), rngs=rngs, dtype=dtype)
+        embed_init = nnx.initializers.normal(bb.width**-0.5)
+        self.embed = param(rngs, embed_init, (io.text_vocab_size, bb.width), ("vocab", "embed"))
+        attention = (bb.num_heads, bb.num_kv_heads, bb.head_dim)
+        ffns = [moe.DenseFFN(bb.width, bb.mlp_dim, activation="gelu", rngs=rngs, dtype=dtype) for _ in range(bb.depth)]
+        self.backbone = Decoder(bb.width, *attention, ffns, rngs=rngs, dtype=dtype, remat=remat)
+        if uses_flow(self.mode):
+            self.action_expert = ActionExpert(
+                model.expert, bb, action_dim=io.action_dim, num_action_spaces=len(ACTION_SPACES),
+                rngs=rngs, dtype=dtype, remat=remat,
+            )  # fmt: skip
+            self.flow_steps, self.flow_loss_weight = model.flow.num_steps, model.flow.loss_weight
+            self.knowledge_insulation = model.flow.knowledge_insulation
 
-    def _camera_tokens(self, batch: dict[str, jax.Array]) -> tuple[list[jax.Array], list[jax.Array]]:
-        tokens, masks = [], []
-        for i, role in enumerate(self.io.cameras):
-            image_tokens = self.vit(batch[f"image_{role}"]) + self.camera_embed[i]
-            tokens.append(image_tokens)
+    # -- the prefix (cameras + prompt) through the backbone -------------------------------------------------------
+
+    def embed_prompt(self, batch: dict, tokens: jax.Array, token_mask: jax.Array, ar_mask: jax.Array):
+        """Camera and prompt embeddings ``[B, S, width]`` with their token mask, ar mask and rotary positions.
+
+        Positions count real tokens only, so a missing camera or prompt padding
+        leaves no gap.
+        """
+        pieces, masks = [], []
+        for role in self.io.cameras:
+            image_tokens = self.image_proj(self.vit(batch[f"image_{role}"]))
+            pieces.append(image_tokens)
             masks.append(jnp.broadcast_to(batch[f"image_{role}_mask"][:, None], image_tokens.shape[:2]))
-        return tokens, masks
+        width = self.embed.shape[1]
+        pieces.append(jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype) * jnp.sqrt(width).astype(self.dtype))
+        masks.append(token_mask)
+        x = sharding.constrain(
+            jnp.concatenate([p.astype(self.dtype) for p in pieces], axis=1), ("batch", None, "embed")
+        )
+        mask = jnp.concatenate(masks, axis=1)
+        ar = jnp.concatenate([jnp.zeros(m.shape, bool) for m in masks[:-1]] + [ar_mask], axis=1)
+        positions = jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
+        return x, mask, ar, positions
 
-    def __call__(self, batch: dict[str, jax.Array]) -> jax.Array:
-        """Regression mode: predicted normalized action chunks ``[B, horizon, action_dim]``."""
-        if self.mode != "regression":
-            raise ValueError(f"model.mode {self.mode!r} predicts actions with generate(), not __call__")
-        tokens, masks = self._camera_tokens(batch)
-        text = jnp.take(self.text_embed[...], batch["text_ids"], axis=0) + self.text_position[...]
-        tokens.append(text)
-        masks.append(batch["text_mask"])
-        tokens.append(self.state_proj(batch["state"])[:, None])
-        batch_size = batch["state"].shape[0]
-        readouts = jnp.broadcast_to(self.readouts[...], (batch_size, *self.readouts.shape))
-        tokens.append(readouts)
-        masks.append(jnp.ones((batch_size, 1 + readouts.shape[1]), bool))
-        x = jnp.concatenate([t.astype(tokens[0].dtype) for t in tokens], axis=1)
-        x = sharding.constrain(x, ("batch", None, "embed"))
-        x = self.encoder(x, jnp.concatenate(masks, axis=1))
-        pooled = x[:, -readouts.shape[1] :].mean(axis=1)
-        out = self.head_out(jax.nn.gelu(self.head_hidden(pooled))).astype(jnp.float32)
-        return out.reshape(batch_size, self.io.action_horizon, self.io.action_dim)
+    def logits(self, x: jax.Array) -> jax.Array:
+        """Next-token logits (fp32) from backbone outputs; the output layer is the tied embedding."""
+        return jnp.einsum("bnd,vd->bnv", x, self.embed[...].astype(x.dtype)).astype(jnp.float32)
 
-    def prompt_logits(
-        self, batch: dict[str, jax.Array], tokens: jax.Array, token_mask: jax.Array, ar_mask: jax.Array
-    ) -> jax.Array:
-        """Fast mode: next-token logits ``[B, N, vocab]`` (fp32) at each of the ``N`` prompt positions.
+    def prompt_logits(self, batch: dict, tokens: jax.Array, token_mask: jax.Array, ar_mask: jax.Array) -> jax.Array:
+        """Next-token logits ``[B, N, vocab]`` at each of the ``N`` prompt positions (full forward pass)."""
+        x, mask, ar, positions = self.embed_prompt(batch, tokens, token_mask, ar_mask)
+        out, _, _ = self.backbone(x, positions, prefix_lm_mask(mask, ar))
+        return self.logits(out[:, -tokens.shape[1] :])
 
-        Positions count real tokens only, so a prompt whose postfix follows padding
-        (as during generation) is encoded like the packed training prompt.
+    # -- the action expert ----------------------------------------------------------------------------------------
+
+    def _routing(self, batch: dict) -> dict:
+        b = batch["actions"].shape[0]
+        return {
+            "token_weight": jnp.ones((b, self.io.action_horizon), jnp.float32),
+            "action_space": batch["action_space"],
+            "action_dim_mask": batch["action_dim_mask"],
+        }
+
+    def _prefix_context(self, batch: dict):
+        """Backbone outputs, per-layer keys/values and the masks of the whole prompt in the batch."""
+        x, mask, ar, positions = self.embed_prompt(
+            batch, batch["prompt_tokens"], batch["prompt_mask"], batch["prompt_ar_mask"]
+        )
+        out, kvs, _ = self.backbone(x, positions, prefix_lm_mask(mask, ar))
+        prefix = mask & ~ar  # the expert never sees a FAST postfix
+        return out, kvs, prefix, jnp.sum(prefix, axis=-1)
+
+    # -- training -------------------------------------------------------------------------------------------------
+
+    def loss(self, batch: dict, rng: jax.Array) -> tuple[jax.Array, dict]:
+        """Cross-entropy on the FAST postfix and/or flow-matching MSE, plus the MoE auxiliary losses."""
+        out, kvs, prefix, prefix_length = self._prefix_context(batch)
+        metrics: dict = {"prompt_truncated_fraction": batch["prompt_truncated"].astype(jnp.float32).mean()}
+        total = jnp.zeros((), jnp.float32)
+        if uses_fast(self.mode):
+            tokens = batch["prompt_tokens"]
+            logits = self.logits(out[:, -tokens.shape[1] :])[:, :-1]
+            targets, weight = tokens[:, 1:], batch["prompt_loss_mask"][:, 1:].astype(jnp.float32)
+            losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+            count = jnp.maximum(weight.sum(), 1.0)
+            ce = (losses * weight).sum() / count
+            accuracy = ((jnp.argmax(logits, -1) == targets) * weight).sum() / count
+            metrics.update(token_ce=ce, token_accuracy=accuracy)
+            total = total + ce
+        if uses_flow(self.mode):
+            if self.knowledge_insulation:
+                kvs = jax.lax.stop_gradient(kvs)
+            noisy, time, target = noisy_chunks(rng, batch["actions"])
+            predicted, auxes = self.action_expert(noisy, time, kvs, prefix, prefix_length, self._routing(batch))
+            flow_mse = action_errors(predicted, target, action_weight(batch))["mse"]
+            aux_loss, moe_metrics = moe.summarize_aux(auxes)
+            metrics.update(moe_metrics, flow_mse=flow_mse, moe_aux_loss=aux_loss)
+            total = total + self.flow_loss_weight * flow_mse + aux_loss
+        return total, metrics
+
+    # -- inference ------------------------------------------------------------------------------------------------
+
+    def sample_actions(self, batch: dict, rng: jax.Array, num_steps: int | None = None) -> jax.Array:
+        """Flow modes: normalized action chunks ``[B, H, A]`` by Euler integration from noise (t=1) to data (t=0).
+
+        The backbone runs once; each step runs only the expert. Any FAST postfix
+        in the batch's prompt is ignored.
         """
-        image_tokens, image_masks = self._camera_tokens(batch)
-        position = jnp.clip(jnp.cumsum(token_mask, axis=-1) - 1, 0, self.io.text_length - 1)
-        text = jnp.take(self.text_embed[...], tokens, axis=0) + jnp.take(self.text_position[...], position, axis=0)
-        x = jnp.concatenate([t.astype(image_tokens[0].dtype) for t in (*image_tokens, text)], axis=1)
-        x = sharding.constrain(x, ("batch", None, "embed"))
-        masks = jnp.concatenate([*image_masks, token_mask], axis=1)
-        ar = jnp.concatenate([jnp.zeros(m.shape, bool) for m in image_masks] + [ar_mask], axis=1)
-        x = self.encoder(x, masks, ar)[:, -tokens.shape[1] :]
-        return jnp.einsum("bnd,vd->bnv", x, self.text_embed[...].astype(x.dtype)).astype(jnp.float32)
+        num_steps = num_steps or self.flow_steps
+        _, kvs, prefix, prefix_length = self._prefix_context(batch)
+        routing = self._routing(batch)
+        shape = (prefix.shape[0], self.io.action_horizon, self.io.action_dim)
 
-    def loss(self, batch: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """Fast: cross-entropy of the postfix tokens. Regression: masked MSE in normalized units."""
-        if self.mode == "regression":
-            predicted = self(batch)
-            metrics = action_errors(predicted, batch["actions"], action_weight(batch))
-            return metrics["mse"], metrics
-        tokens = batch["prompt_tokens"]
-        logits = self.prompt_logits(batch, tokens, batch["prompt_mask"], batch["prompt_ar_mask"])[:, :-1]
-        targets, weight = tokens[:, 1:], batch["prompt_loss_mask"][:, 1:].astype(jnp.float32)
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-        count = jnp.maximum(weight.sum(), 1.0)
-        ce = (losses * weight).sum() / count
-        accuracy = ((jnp.argmax(logits, -1) == targets) * weight).sum() / count
-        truncated = batch["prompt_truncated"].astype(jnp.float32).mean()
-        return ce, {"token_ce": ce, "token_accuracy": accuracy, "prompt_truncated_fraction": truncated}
+        def velocity(x, time):
+            return self.action_expert(x, time, kvs, prefix, prefix_length, routing)[0]
 
-    def generate(self, batch: dict[str, jax.Array], num_tokens: int, eos_id: int) -> jax.Array:
-        """Fast mode: greedy postfix ids ``[B, num_tokens]`` after each prompt's prefix.
+        return euler_sample(velocity, jax.random.normal(rng, shape, jnp.float32), num_steps)
 
-        The prefix is the part of ``prompt_tokens`` with ``prompt_ar_mask`` False
-        (any postfix in the batch is ignored). Each step runs the whole sequence;
-        a row stops at its EOS (later ids are EOS) and the loop ends when every
-        row has stopped.
+    def generate(self, batch: dict, num_tokens: int, eos_id: int) -> jax.Array:
+        """FAST modes: greedy postfix ids ``[B, num_tokens]`` after each prompt's prefix, with a KV cache.
+
+        The prefix is the part of ``prompt_tokens`` with ``prompt_ar_mask``
+        False (any postfix in the batch is ignored); it fills the cache once,
+        then each step runs one token. A row stops at its EOS (later ids are
+        EOS) and the loop ends when every row has stopped.
         """
+        prefix_tokens = batch["prompt_mask"] & ~batch["prompt_ar_mask"]
+        x, mask, _, positions = self.embed_prompt(
+            batch, batch["prompt_tokens"], prefix_tokens, jnp.zeros_like(prefix_tokens)
+        )
+        b, length = mask.shape
+        size = length + num_tokens
+        bb = self.backbone.layers[0]
+        kv_shape = (b, size, bb.key.shape[1], bb.key.shape[2])
+        cache = [(jnp.zeros(kv_shape, self.dtype), jnp.zeros(kv_shape, self.dtype)) for _ in self.backbone.layers]
+        key_mask = jnp.concatenate([mask, jnp.zeros((b, num_tokens), bool)], axis=1)
+        out, cache, _ = self.backbone(x, positions, mask[:, :, None] & key_mask[:, None, :], cache=cache, write_at=0)
+        last = length - 1 - jnp.argmax(mask[:, ::-1], axis=1)  # the last real prefix token predicts the first id
+        first = jnp.argmax(self.logits(jnp.take_along_axis(out, last[:, None, None], axis=1))[:, 0], axis=-1)
+        first = first.astype(jnp.int32)
+        tokens = jnp.full((b, num_tokens), eos_id, jnp.int32).at[:, 0].set(first)
+        next_position = jnp.sum(mask, axis=1)
+
+        def step(carry):
+            i, tokens, cache, done = carry
+            written = jnp.arange(num_tokens)[None, :] <= i
+            keys = jnp.concatenate([mask, jnp.broadcast_to(written, (b, num_tokens))], axis=1)
+            embedded = jnp.take(self.embed[...], tokens[:, i][:, None], axis=0).astype(self.dtype)
+            embedded = embedded * jnp.sqrt(self.embed.shape[1]).astype(self.dtype)
+            out, cache, _ = self.backbone(
+                embedded, (next_position + i)[:, None], keys[:, None, :], cache=cache, write_at=length + i
+            )
+            next_id = jnp.argmax(self.logits(out)[:, 0], axis=-1).astype(jnp.int32)
+            next_id = jnp.where(done, eos_id, next_id)
+            return i + 1, tokens.at[:, i + 1].set(next_id), cache, done | (next_id == eos_id)
+
+        def running(carry):
+            i, _, _, done = carry
+            return (i + 1 < num_tokens) & ~jnp.all(done)
+
+        _, tokens, _, _ = jax.lax.while_loop(running, step, (jnp.int32(0), tokens, cache, first == eos_id))
+        return tokens
+
+    def generate_uncached(self, batch: dict, num_tokens: int, eos_id: int) -> jax.Array:
+        """The same greedy decoding as :meth:`generate` by full forward passes (the reference; slow)."""
         prefix_mask = batch["prompt_mask"] & ~batch["prompt_ar_mask"]
         rows, length = prefix_mask.shape
         tokens = jnp.concatenate([batch["prompt_tokens"], jnp.zeros((rows, num_tokens), jnp.int32)], axis=1)

@@ -12,7 +12,8 @@ import jax
 import numpy as np
 
 
-def _to_builtin(value):
+def to_builtin(value):
+    """A scalar as a Python number, an array as nested lists."""
     value = np.asarray(value)
     return value.item() if value.ndim == 0 else value.tolist()
 
@@ -27,7 +28,7 @@ class MetricsWriter:
     def write(self, step: int, metrics: dict) -> None:
         if not self.enabled:
             return
-        record = {"step": int(step), **{k: _to_builtin(v) for k, v in metrics.items()}}
+        record = {"step": int(step), **{k: to_builtin(v) for k, v in metrics.items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 

@@ -43,8 +43,7 @@ def make_layout(
     model_fn: Callable[[], nnx.Module], optimizer: optax.GradientTransformation, mesh, rules, fsdp_min_bytes: int
 ) -> StateLayout:
     """Shapes and shardings of the train state, computed without allocating it."""
-    graphdef, abstract_state = nnx.split(nnx.eval_shape(model_fn))
-    non_params = nnx.split(nnx.eval_shape(model_fn), nnx.Param, ...)[2]
+    graphdef, abstract_state, non_params = nnx.split(nnx.eval_shape(model_fn), nnx.Param, ...)
     if jax.tree.leaves(non_params):
         raise ValueError("the model holds non-Param state; the train state only knows parameters")
     param_shardings = _param_shardings(abstract_state, mesh, rules, fsdp_min_bytes)

@@ -11,12 +11,18 @@ from vla_jax.models.vla import action_errors, action_weight
 from vla_jax.training.state import StateLayout
 
 
-def make_train_step(layout: StateLayout, optimizer: optax.GradientTransformation, batch_sharding):
-    """``(state, batch) -> (state, metrics)``, jitted with the state donated."""
+def make_train_step(layout: StateLayout, optimizer: optax.GradientTransformation, batch_sharding, seed: int):
+    """``(state, batch) -> (state, metrics)``, jitted with the state donated.
+
+    The step's randomness (flow-matching noise and times) is a function of
+    ``seed`` and the step number, so a resumed run draws what an uninterrupted one would.
+    """
 
     def train_step(state: dict, batch: dict) -> tuple[dict, dict]:
+        rng = jax.random.fold_in(jax.random.key(seed), state["step"])
+
         def loss_fn(params):
-            return nnx.merge(layout.graphdef, params).loss(batch)
+            return nnx.merge(layout.graphdef, params).loss(batch, rng)
 
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
@@ -32,11 +38,14 @@ def make_train_step(layout: StateLayout, optimizer: optax.GradientTransformation
     )
 
 
-def make_eval_step(layout: StateLayout, batch_sharding):
-    """``(params, batch) -> sums`` of absolute/squared errors and their counts."""
+def make_eval_step(layout: StateLayout, batch_sharding, seed: int = 0):
+    """Flow modes: ``(params, batch) -> sums`` of absolute/squared errors of sampled chunks, and their counts.
+
+    Sampling starts from noise drawn with ``seed``, the same for every evaluation.
+    """
 
     def eval_step(params: dict, batch: dict) -> dict:
-        predicted = nnx.merge(layout.graphdef, params)(batch)
+        predicted = nnx.merge(layout.graphdef, params).sample_actions(batch, jax.random.key(seed))
         weight = action_weight(batch)
         errors = action_errors(predicted, batch["actions"], weight)
         count = jnp.sum(weight)
@@ -46,7 +55,7 @@ def make_eval_step(layout: StateLayout, batch_sharding):
 
 
 def make_generate_step(layout: StateLayout, batch_sharding, num_tokens: int, eos_id: int):
-    """``(params, batch) -> {generated, actions, weight}`` for fast mode, replicated on every process.
+    """``(params, batch) -> {generated, actions, weight}`` for fast mode (KV-cache greedy decoding), replicated.
 
     ``generated [B, num_tokens]`` are greedy postfix ids; the targets come along so
     each host can decode and score the whole global batch.

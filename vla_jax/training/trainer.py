@@ -18,25 +18,41 @@ from vla_jax import config as config_lib
 from vla_jax import sharding
 from vla_jax.data import loader
 from vla_jax.data.statistics import normalize
-from vla_jax.errors import CheckpointError
+from vla_jax.errors import CheckpointError, ConfigError
 from vla_jax.files import write_atomically
-from vla_jax.models.vla import VLA, IOShapes, build_model
+from vla_jax.models.vla import VLA, IOShapes, build_model, uses_fast, uses_flow
 from vla_jax.tokenizers import build
 from vla_jax.tokenizers.prompt import PromptTokenizer
 from vla_jax.training import checkpoint, metrics, optimizer, state, step
 
 
-def io_shapes(config: ml_collections.ConfigDict, mix: loader.DataMixture) -> IOShapes:
-    fast = config.model.mode == "fast"
+def io_shapes(config: ml_collections.ConfigDict, mix: loader.DataMixture | None = None) -> IOShapes:
+    """The model's inputs under ``config``.
+
+    Action and state widths come from the mixture, or from ``data.action_dim``
+    and ``data.state_dim`` when no mixture is given and both are set (then no
+    dataset needs to be on this machine, as for ``vla-jax model summary``).
+    """
+    if mix is None:
+        if config.data.action_dim and config.data.state_dim:
+            mix = _Widths(config.data.action_dim, config.data.state_dim)
+        else:
+            mix = loader.open_mixture(config.data)
     return IOShapes(
         cameras=tuple(config.data.cameras),
         image_size=config.data.image_size,
-        text_vocab_size=build.model_vocab_size(config.tokenizer) if fast else config.data.text_vocab_size,
-        text_length=config.tokenizer.max_length if fast else config.data.max_text_length,
+        text_vocab_size=build.model_vocab_size(config.tokenizer),
+        text_length=config.tokenizer.max_length,
         state_dim=mix.state_dim,
         action_dim=mix.action_dim,
         action_horizon=config.data.action_horizon,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Widths:
+    action_dim: int
+    state_dim: int
 
 
 # Config fields that fix the shapes of the train state: a checkpoint made with
@@ -50,8 +66,6 @@ STATE_DEFINING_KEYS = (
     "data.depth_cameras",
     "data.cameras",
     "data.image_size",
-    "data.max_text_length",
-    "data.text_vocab_size",
     "data.action_horizon",
     "tokenizer.action",
     "tokenizer.action_vocab_size",
@@ -108,7 +122,10 @@ def mean_action_baseline(val: list[dict], mix: loader.DataMixture) -> float:
 
 
 def evaluate(eval_step, params, val_global: list[dict], prompt: PromptTokenizer | None = None) -> dict[str, float]:
-    """Action error (normalized units) on the validation batches; in fast mode, of greedy decodes.
+    """Action error (normalized units) on the validation batches.
+
+    With ``prompt`` (fast mode) the step's outputs are greedy decodes, turned
+    into actions here; else they are error sums of the action expert's samples.
 
     A chunk that does not decode cleanly still counts, with whatever the
     tokenizer made of it (zeros where values are missing).
@@ -129,10 +146,10 @@ def evaluate(eval_step, params, val_global: list[dict], prompt: PromptTokenizer 
     return results
 
 
-def make_eval_step(config, layout: state.StateLayout, batch_sharding, prompt: PromptTokenizer | None):
-    """The validation step :func:`evaluate` takes: error sums, or greedy ids in fast mode."""
-    if prompt is None:
-        return step.make_eval_step(layout, batch_sharding)
+def make_eval_step(config, layout: state.StateLayout, batch_sharding, prompt: PromptTokenizer):
+    """The validation step :func:`evaluate` takes: greedy ids in fast mode, else error sums of expert samples."""
+    if uses_flow(config.model.mode):
+        return step.make_eval_step(layout, batch_sharding, config.seed)
     decode_tokens = config.tokenizer.decode_tokens or config.tokenizer.max_length
     return step.make_generate_step(layout, batch_sharding, decode_tokens, prompt.eos)
 
@@ -191,7 +208,19 @@ def setup(config: ml_collections.ConfigDict, devices=None) -> Setup:
     model_fn = functools.partial(build_model, config.model, io_shapes(config, data), config.seed)
     with sharding.logical_rules(rules):
         layout = state.make_layout(model_fn, tx, mesh, rules, config.sharding.fsdp_min_bytes)
+    check_replicated_fraction(config, mesh, layout.replicated_fraction)
     return Setup(mesh, rules, data, tx, model_fn, layout, sharding.batch_sharding(mesh))
+
+
+def check_replicated_fraction(config: ml_collections.ConfigDict, mesh, fraction: float) -> None:
+    """On an FSDP mesh, too much replicated parameter memory is a config error (wrong rules or fsdp_min_bytes)."""
+    limit = config.sharding.max_replicated_fraction
+    if mesh.shape["fsdp"] > 1 and fraction > limit:
+        raise ConfigError(
+            f"{fraction:.1%} of parameter bytes are replicated on the mesh {dict(mesh.shape)}, more than "
+            f"config key 'sharding.max_replicated_fraction' = {limit:.1%}; check 'sharding.rules' and "
+            "'sharding.fsdp_min_bytes' (`vla-jax model summary` shows the fraction)"
+        )
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, stop_at_step: int | None = None) -> dict:
@@ -228,11 +257,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, sto
             flush=True,
         )
 
-    prompt = prepare_prompt_tokenizer(config, data, workdir) if config.model.mode == "fast" else None
+    prompt = prepare_prompt_tokenizer(config, data, workdir)
+    prompt_actions = uses_fast(config.model.mode)  # flow mode's prompts have no action postfix
     with sharding.logical_rules(rules), jax.set_mesh(mesh):
-        train_step = step.make_train_step(layout, tx, batch_sharding)
+        train_step = step.make_train_step(layout, tx, batch_sharding, config.seed)
         eval_step = make_eval_step(config, layout, batch_sharding, prompt)
-        val_local = loader.val_batches(data, config.data, global_batch_size=config.batch_size, prompt=prompt)
+        val_local = loader.val_batches(
+            data, config.data, global_batch_size=config.batch_size, prompt=prompt, prompt_actions=prompt_actions
+        )
         val_global = [loader.to_global_batch(b, batch_sharding) for b in val_local]
         baseline = mean_action_baseline(val_local, data)
         batches = loader.train_batches(
@@ -242,6 +274,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, sto
             seed=config.seed,
             start_step=start_step,
             prompt=prompt,
+            prompt_actions=prompt_actions,
         )
         writer = metrics.MetricsWriter(workdir)
         progress = metrics.ProgressLine(start_step, config.num_steps)
@@ -258,13 +291,15 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, sto
             train_state, step_metrics = train_step(train_state, batch)
             current += 1
             if current % config.log_every == 0 or current == end_step:
-                logged = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+                logged = {k: metrics.to_builtin(v) for k, v in jax.device_get(step_metrics).items()}
                 logged["learning_rate"] = float(schedule(current - 1))  # the rate this step used
                 logged["steps_per_s"] = progress.update(current, {"loss": logged["loss"]})
                 writer.write(current, logged)
                 summary.update(logged)
             if current % config.eval_every == 0 or current == end_step:
-                results = evaluate(eval_step, train_state["params"], val_global, prompt)
+                results = evaluate(
+                    eval_step, train_state["params"], val_global, None if uses_flow(config.model.mode) else prompt
+                )
                 results["val_mean_baseline_error"] = baseline
                 results["val_error_ratio"] = results["val_action_error"] / max(baseline, 1e-12)
                 writer.write(current, results)

@@ -1,0 +1,211 @@
+"""HiMoE cost: the `small` action expert's training step with HiMoE vs dense, and the step's FLOP/s.
+
+Measured in one process on this machine:
+
+- ``himoe_vs_dense_step_ratio``: time of a training step (forward + backward)
+  of the ``small`` preset's action expert with its HiMoE plan and the
+  configured dispatch (``capacity``), over the same expert made dense with the
+  same active parameters per token (each MoE layer becomes one gated MLP as
+  wide as the experts a token uses). Target <= 1.15. The same ratio with the
+  reference ``dense`` dispatch (every expert on every token) is reported too,
+  as is the fraction of assignments the capacity dispatch dropped.
+- ``step_flops_fraction_of_matmul_peak``: model FLOPs of a whole ``small``
+  training step (``vla_jax.training.summary``, active experts only) per second,
+  over the FLOP/s of a large fp32 matmul measured here.
+
+    python benchmarks/moe_step.py [--batch 32] [--context 128] [--repeats 5] [--model-batch 2]
+
+Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def _best_seconds(fn, repeats: int) -> float:
+    import jax
+
+    jax.block_until_ready(fn())  # compile and warm up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def matmul_flops_per_s(size: int, repeats: int) -> float:
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
+    matmul = jax.jit(jnp.dot)
+    return 2 * size**3 / _best_seconds(lambda: matmul(a, b), repeats)
+
+
+ACTION_DIM = 24
+
+
+def _build_expert(expert_config, backbone_config, dense_equivalent: bool):
+    """The action expert; with ``dense_equivalent`` each MoE layer is one gated MLP of its active width."""
+    from flax import nnx
+
+    from vla_jax.models import moe
+    from vla_jax.models.action_expert import ActionExpert
+
+    rngs = nnx.Rngs(params=0)
+    with nnx.use_eager_sharding(False):
+        expert = ActionExpert(expert_config, backbone_config, action_dim=ACTION_DIM, num_action_spaces=7, rngs=rngs)
+        if dense_equivalent:
+            cfg = expert_config.moe
+            active = {"as": cfg.as_mlp_dim, "hb": cfg.hb_top_k * cfg.hb_mlp_dim + cfg.hb_shared_mlp_dim}
+            for layer, kind in zip(expert.decoder.layers, expert.plan):
+                if kind in active:
+                    layer.ffn = moe.DenseFFN(expert_config.width, active[kind], activation="swish", rngs=rngs)
+    return expert
+
+
+def _expert_step(expert, backbone_config, batch: int, context: int, horizon: int = 10):
+    """A jitted grad step of the action expert on random inputs; returns (step fn, dropped fraction)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    action_dim = ACTION_DIM
+    graphdef, params = nnx.split(expert)
+    rng = np.random.default_rng(0)
+    kv_shape = (batch, context, backbone_config.num_kv_heads, backbone_config.head_dim)
+    kvs = [
+        (jnp.asarray(rng.normal(size=kv_shape), jnp.float32), jnp.asarray(rng.normal(size=kv_shape), jnp.float32))
+        for _ in range(backbone_config.depth)
+    ]
+    inputs = {
+        "noisy": jnp.asarray(rng.normal(size=(batch, horizon, action_dim)), jnp.float32),
+        "time": jnp.asarray(rng.uniform(size=batch), jnp.float32),
+        "target": jnp.asarray(rng.normal(size=(batch, horizon, action_dim)), jnp.float32),
+        "context_mask": jnp.ones((batch, context), bool),
+        "first_position": jnp.full((batch,), context, jnp.int32),
+    }
+    routing = {
+        "token_weight": jnp.ones((batch, horizon), jnp.float32),
+        "action_space": jnp.asarray(rng.choice([0, 0, 0, 2, 3], batch), jnp.int32),  # an EEF-heavy mixture
+        "action_dim_mask": jnp.asarray(rng.random((batch, action_dim)) < 0.5),
+    }
+
+    def loss(params):
+        model = nnx.merge(graphdef, params)
+        velocity, auxes = model(
+            inputs["noisy"], inputs["time"], kvs, inputs["context_mask"], inputs["first_position"], routing
+        )
+        aux = sum(a["loss"] for a in auxes if a)
+        dropped = [a[k] for a in auxes for k in a if k.endswith("dropped_fraction")]
+        return jnp.mean(jnp.square(velocity - inputs["target"])) + aux, jnp.mean(jnp.stack(dropped)) if dropped else 0.0
+
+    step = jax.jit(jax.value_and_grad(loss, has_aux=True))
+    (_, dropped), _ = step(params)
+    return lambda: step(params), float(dropped)
+
+
+def main(argv: list[str]) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=32, help="samples per expert step (x10 action tokens)")
+    parser.add_argument("--context", type=int, default=128, help="prefix tokens the expert attends to")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--model-batch", type=int, default=2, help="examples per whole-model `small` step")
+    parser.add_argument("--matmul-size", type=int, default=2048)
+    args = parser.parse_args(argv)
+
+    import jax
+    import optax
+    from flax import nnx
+
+    from vla_jax.models import moe, presets
+    from vla_jax.models.vla import build_model
+    from vla_jax.training import summary
+
+    small = presets.model_config("small")
+    backbone, expert = small.backbone, small.expert
+    plan = moe.default_plan(backbone.depth)
+    results = {"device": jax.devices()[0].device_kind, "plan": "".join(k[0] for k in plan)}
+
+    times = {}
+    for name, dispatch, dense in (
+        ("himoe", "capacity", False),
+        ("himoe_dense_dispatch", "dense", False),
+        ("dense", "dense", True),
+    ):
+        config = expert.copy_and_resolve_references()
+        config.moe.dispatch = dispatch
+        step, dropped = _expert_step(_build_expert(config, backbone, dense), backbone, args.batch, args.context)
+        times[name] = _best_seconds(step, args.repeats)
+        if not dense:
+            results[f"{name}_dropped_fraction"] = round(dropped, 4)
+    results["expert_step_s"] = {k: round(v, 4) for k, v in times.items()}
+    results["himoe_vs_dense_step_ratio"] = round(times["himoe"] / times["dense"], 3)
+    results["himoe_dense_dispatch_vs_dense_step_ratio"] = round(times["himoe_dense_dispatch"] / times["dense"], 3)
+
+    # Whole `small` training step: model FLOPs per second over the matmul peak.
+    io = presets.default_io("small")
+    model = build_model(small, io, 0)
+    graphdef, params = nnx.split(model)
+    batch = _model_batch(io, args.model_batch)
+    tx = optax.adamw(1e-4)
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def train_step(params, opt_state):
+        loss, grads = jax.value_and_grad(lambda p: nnx.merge(graphdef, p).loss(batch, jax.random.key(0))[0])(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    step_s = _best_seconds(lambda: train_step(params, opt_state), max(2, args.repeats // 2))
+    flops = summary.forward_flops(small, io)
+    step_flops = 3 * sum(flops.values()) * args.model_batch
+    peak = matmul_flops_per_s(args.matmul_size, args.repeats)
+    results.update(
+        small_step_s=round(step_s, 3),
+        small_step_model_flops=step_flops,
+        small_step_flops_per_s=round(step_flops / step_s),
+        matmul_flops_per_s=round(peak),
+        step_flops_fraction_of_matmul_peak=round(step_flops / step_s / peak, 3),
+        settings=vars(args),
+    )
+    return results
+
+
+def _model_batch(io, batch_size: int) -> dict:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    length = io.text_length
+    positions = np.arange(length)[None, :]
+    batch = {
+        "state": rng.normal(size=(batch_size, io.state_dim)).astype(np.float32),
+        "actions": rng.uniform(-1, 1, (batch_size, io.action_horizon, io.action_dim)).astype(np.float32),
+        "action_mask": np.ones((batch_size, io.action_horizon), bool),
+        "action_dim_mask": np.ones((batch_size, io.action_dim), bool),
+        "action_space": np.zeros(batch_size, np.int32),
+        "prompt_tokens": rng.integers(3, io.text_vocab_size, (batch_size, length)).astype(np.int32),
+        "prompt_mask": np.broadcast_to(positions < length, (batch_size, length)).copy(),
+        "prompt_truncated": np.zeros(batch_size, bool),
+    }
+    batch["prompt_ar_mask"] = batch["prompt_mask"] & (positions >= length // 2)
+    batch["prompt_loss_mask"] = batch["prompt_ar_mask"].copy()
+    for role in io.cameras:
+        batch[f"image_{role}"] = rng.integers(0, 255, (batch_size, io.image_size, io.image_size, 3), dtype=np.uint8)
+        batch[f"image_{role}_mask"] = np.ones(batch_size, bool)
+    return batch
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(sys.argv[1:]), indent=1))
