@@ -4,8 +4,8 @@ Prints one JSON object:
   val_action_error       mean absolute error of predicted chunks, normalized units
   mean_baseline_error    the same for always predicting the training mean action
   error_ratio            the two divided (the bar: <= 0.5)
-  shuffled_text_error    error when each sample gets another sample's instruction (fast mode:
-                         instruction and state, the whole prompt prefix)
+  fast_error_ratio       in fast+flow mode: the ratio of greedy FAST decoding (the expert gives error_ratio)
+  shuffled_text_error    error when each sample gets another sample's prompt (instruction and state)
   shuffled_image_error   error when each sample gets another sample's images
   wall_s                 wall-clock seconds of the whole training run
 
@@ -31,12 +31,12 @@ def main(argv: list[str]) -> dict:
     from vla_jax.cli import _split_overrides
     from vla_jax.config import load_config
     from vla_jax.data import loader
+    from vla_jax.models.vla import uses_fast
     from vla_jax.tokenizers.prompt import PROMPT_KEYS
     from vla_jax.training import checkpoint, trainer
 
     _, overrides = _split_overrides(argv)
     config = load_config(str(REPO / "experiments" / "demo.py"), overrides)
-    fast = config.model.mode == "fast"
     with tempfile.TemporaryDirectory() as workdir:
         start = time.perf_counter()
         summary = trainer.train(config, workdir)
@@ -47,20 +47,26 @@ def main(argv: list[str]) -> dict:
         ckpt = checkpoint.Checkpointer(pathlib.Path(workdir) / "checkpoints", max_to_keep=1, save_interval_steps=1)
         params = ckpt.restore_latest(run.layout.abstract)["state"]["params"]
         ckpt.close()
-        prompt = trainer.prepare_prompt_tokenizer(config, run.data, pathlib.Path(workdir)) if fast else None
-        val = loader.val_batches(run.data, config.data, global_batch_size=config.batch_size, prompt=prompt)
+        prompt = trainer.prepare_prompt_tokenizer(config, run.data, pathlib.Path(workdir))
+        val = loader.val_batches(
+            run.data,
+            config.data,
+            global_batch_size=config.batch_size,
+            prompt=prompt,
+            prompt_actions=uses_fast(config.model.mode),
+        )
         batch_sharding = run.batch_sharding
         with jax.set_mesh(run.mesh), sharding.logical_rules(run.rules):
-            eval_step = trainer.make_eval_step(config, run.layout, batch_sharding, prompt)
+            eval_step = trainer.make_eval_steps(config, run.layout, batch_sharding, prompt)["val"]
 
             def error_with(keys):
                 shuffled = [{k: (np.roll(v, 1, axis=0) if k in keys else v) for k, v in b.items()} for b in val]
                 batches = [loader.to_global_batch(b, batch_sharding) for b in shuffled]
-                return trainer.evaluate(eval_step, params, batches, prompt)["val_action_error"]
+                return trainer.evaluate(eval_step, params, batches, run.data, prompt)["val_action_error"]
 
             images = [k for k in val[0] if k.startswith("image_")]
             ablations = {
-                "shuffled_text_error": error_with(set(PROMPT_KEYS) if fast else {"text_ids", "text_mask"}),
+                "shuffled_text_error": error_with(set(PROMPT_KEYS)),
                 "shuffled_image_error": error_with(set(images)),
             }
     result = {
@@ -68,6 +74,7 @@ def main(argv: list[str]) -> dict:
         "mean_baseline_error": summary["val_mean_baseline_error"],
         "error_ratio": summary["val_error_ratio"],
         "decode_valid_rate": summary.get("val_decode_valid_rate"),
+        "fast_error_ratio": summary.get("val_fast_error_ratio"),
         "mode": config.model.mode,
         **ablations,
         "num_steps": config.num_steps,

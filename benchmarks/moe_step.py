@@ -22,35 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import pathlib
 import sys
-import time
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-
-def _best_seconds(fn, repeats: int) -> float:
-    import jax
-
-    jax.block_until_ready(fn())  # compile and warm up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def matmul_flops_per_s(size: int, repeats: int) -> float:
-    import jax
-    import jax.numpy as jnp
-
-    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
-    matmul = jax.jit(jnp.dot)
-    return 2 * size**3 / _best_seconds(lambda: matmul(a, b), repeats)
-
+from common import best_seconds, preset_step_flops_fraction
 
 ACTION_DIM = 24
 
@@ -126,12 +100,8 @@ def main(argv: list[str]) -> dict:
     args = parser.parse_args(argv)
 
     import jax
-    import optax
-    from flax import nnx
 
     from vla_jax.models import moe, presets
-    from vla_jax.models.vla import build_model
-    from vla_jax.training import summary
 
     small = presets.model_config("small")
     backbone, expert = small.backbone, small.expert
@@ -147,64 +117,18 @@ def main(argv: list[str]) -> dict:
         config = expert.copy_and_resolve_references()
         config.moe.dispatch = dispatch
         step, dropped = _expert_step(_build_expert(config, backbone, dense), backbone, args.batch, args.context)
-        times[name] = _best_seconds(step, args.repeats)
+        times[name] = best_seconds(step, args.repeats)
         if not dense:
             results[f"{name}_dropped_fraction"] = round(dropped, 4)
     results["expert_step_s"] = {k: round(v, 4) for k, v in times.items()}
     results["himoe_vs_dense_step_ratio"] = round(times["himoe"] / times["dense"], 3)
     results["himoe_dense_dispatch_vs_dense_step_ratio"] = round(times["himoe_dense_dispatch"] / times["dense"], 3)
 
-    # Whole `small` training step: model FLOPs per second over the matmul peak.
-    io = presets.default_io("small")
-    model = build_model(small, io, 0)
-    graphdef, params = nnx.split(model)
-    batch = _model_batch(io, args.model_batch)
-    tx = optax.adamw(1e-4)
-    opt_state = tx.init(params)
-
-    @jax.jit
-    def train_step(params, opt_state):
-        loss, grads = jax.value_and_grad(lambda p: nnx.merge(graphdef, p).loss(batch, jax.random.key(0))[0])(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    step_s = _best_seconds(lambda: train_step(params, opt_state), max(2, args.repeats // 2))
-    flops = summary.forward_flops(small, io)
-    step_flops = 3 * sum(flops.values()) * args.model_batch
-    peak = matmul_flops_per_s(args.matmul_size, args.repeats)
-    results.update(
-        small_step_s=round(step_s, 3),
-        small_step_model_flops=step_flops,
-        small_step_flops_per_s=round(step_flops / step_s),
-        matmul_flops_per_s=round(peak),
-        step_flops_fraction_of_matmul_peak=round(step_flops / step_s / peak, 3),
-        settings=vars(args),
-    )
+    # Whole `small` training step (the trainer's own step): model FLOPs per second over the matmul peak.
+    whole = preset_step_flops_fraction("small", args.model_batch, max(2, args.repeats // 2), args.matmul_size)
+    results.update(small_step=whole, step_flops_fraction_of_matmul_peak=whole["flops_fraction_of_matmul_peak"])
+    results["settings"] = vars(args)
     return results
-
-
-def _model_batch(io, batch_size: int) -> dict:
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    length = io.text_length
-    positions = np.arange(length)[None, :]
-    batch = {
-        "state": rng.normal(size=(batch_size, io.state_dim)).astype(np.float32),
-        "actions": rng.uniform(-1, 1, (batch_size, io.action_horizon, io.action_dim)).astype(np.float32),
-        "action_mask": np.ones((batch_size, io.action_horizon), bool),
-        "action_dim_mask": np.ones((batch_size, io.action_dim), bool),
-        "action_space": np.zeros(batch_size, np.int32),
-        "prompt_tokens": rng.integers(3, io.text_vocab_size, (batch_size, length)).astype(np.int32),
-        "prompt_mask": np.broadcast_to(positions < length, (batch_size, length)).copy(),
-        "prompt_truncated": np.zeros(batch_size, bool),
-    }
-    batch["prompt_ar_mask"] = batch["prompt_mask"] & (positions >= length // 2)
-    batch["prompt_loss_mask"] = batch["prompt_ar_mask"].copy()
-    for role in io.cameras:
-        batch[f"image_{role}"] = rng.integers(0, 255, (batch_size, io.image_size, io.image_size, 3), dtype=np.uint8)
-        batch[f"image_{role}_mask"] = np.ones(batch_size, bool)
-    return batch
 
 
 if __name__ == "__main__":

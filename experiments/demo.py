@@ -13,27 +13,18 @@ peak_lr 1e-3).
 
 import ml_collections
 
-from vla_jax import sharding
 from vla_jax.data.config import data_config
 from vla_jax.models import presets
 from vla_jax.tokenizers.config import tokenizer_config
+from vla_jax.training.defaults import run_config
+from vla_jax.training.optimizer import optimizer_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     del arg
-    config = ml_collections.ConfigDict()
-    config.num_steps = 3000
-    config.batch_size = 32
-    config.seed = 0
-    config.log_every = 50
-    config.eval_every = 1500
-    config.checkpoint_every = 500
-    config.keep_checkpoints = 3
-
-    config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1, "expert": 1})
-    config.sharding = ml_collections.ConfigDict()
-    config.sharding.rules = sharding.DEFAULT_RULES
-    config.sharding.fsdp_min_bytes = 4 * 2**20
+    config = run_config(
+        num_steps=3000, batch_size=32, eval_every=1500, checkpoint_every=500
+    )  # data parallel over every local device (mesh data=-1)
     config.sharding.max_replicated_fraction = 1.0  # tiny: every tensor is under fsdp_min_bytes
 
     config.data = data_config(mixture="vla_demo")
@@ -55,12 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model = presets.model_config("tiny")
     config.model.mode = "fast"  # FAST action tokens; "flow" or "fast+flow" for the action expert
 
-    config.optimizer = ml_collections.ConfigDict()
-    config.optimizer.peak_lr = 2e-3
-    config.optimizer.end_lr = 1e-5
-    config.optimizer.warmup_steps = 50
-    config.optimizer.clip_norm = 1.0
-    config.optimizer.b1 = 0.9
-    config.optimizer.b2 = 0.95
-    config.optimizer.weight_decay = 1e-4
+    config.optimizer = optimizer_config(
+        peak_lr=2e-3, end_lr=1e-5, warmup_steps=50, weight_decay=1e-4
+    )  # warmup + cosine, AdamW (0.9, 0.95), clip 1.0
     return config

@@ -220,3 +220,22 @@ def test_flow_time_is_a_true_beta_1_5_1_mapped_into_the_unit_interval():
     assert t.min() >= 0.001 and t.max() <= 1.0
     assert stats.kstest((t - 0.001) / 0.999, stats.beta(1.5, 1.0).cdf).pvalue > 0.01
     assert stats.kstest(t, stats.uniform().cdf).pvalue < 1e-6  # not the uniform schedule
+
+
+def test_remat_policies_and_bfloat16_compute_give_the_same_loss():
+    batch = _batch(np.random.default_rng(11))
+    rng = jax.random.key(3)
+
+    def loss_and_grad_norm(*overrides):
+        model = build_model(_model_config("fast+flow", "model.expert.plan=('as', 'hb')", *overrides), IO, seed=6)
+        graphdef, params = nnx.split(model)
+        fn = jax.jit(jax.value_and_grad(lambda p: nnx.merge(graphdef, p).loss(batch, rng)[0]))
+        loss, grads = fn(params)
+        return float(loss), float(optax.tree.norm(grads))
+
+    reference = loss_and_grad_norm()
+    for policy in ("full", "dots"):
+        np.testing.assert_allclose(loss_and_grad_norm(f"model.remat={policy}"), reference, rtol=1e-5)
+    bf16 = loss_and_grad_norm("model.dtype=bfloat16")
+    np.testing.assert_allclose(bf16, reference, rtol=0.05)
+    assert bf16 != reference  # the compute really ran in bfloat16

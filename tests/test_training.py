@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -59,9 +60,9 @@ def _metrics(workdir):
 
 @pytest.fixture(scope="module")
 def full_run(demo_dir, tmp_path_factory):
-    """An uninterrupted 6-step run on a 2x4 data x fsdp mesh."""
+    """An uninterrupted 6-step run on an 8-device FSDP mesh."""
     workdir = tmp_path_factory.mktemp("full")
-    config = debug_config("mesh.data=2", "mesh.fsdp=4", "sharding.fsdp_min_bytes=0")
+    config = debug_config("mesh.data=1", "mesh.fsdp=8", "sharding.fsdp_min_bytes=0")
     summary = trainer.train(config, workdir)
     return config, workdir, summary
 
@@ -96,7 +97,7 @@ def test_stop_and_resume_matches_uninterrupted(full_run, tmp_path):
     summary = trainer.train(refit, tmp_path)
     assert tokenizers == {p.name: p.read_bytes() for p in (tmp_path / trainer.TOKENIZER_DIR).iterdir()}
     assert summary["start_step"] == 3 and summary["step"] == 6
-    layout = _setup(config, {"data": 2, "fsdp": 4}).layout
+    layout = _setup(config, {"data": 1, "fsdp": 8}).layout
     ckpt_a = checkpoint.Checkpointer(full_dir / "checkpoints", max_to_keep=3, save_interval_steps=2)
     ckpt_b = checkpoint.Checkpointer(tmp_path / "checkpoints", max_to_keep=3, save_interval_steps=2)
     a = _params_np(ckpt_a.restore(6, layout.abstract)["state"])
@@ -108,25 +109,40 @@ def test_stop_and_resume_matches_uninterrupted(full_run, tmp_path):
     np.testing.assert_allclose([losses_a[k] for k in (4, 6)], [losses_b[k] for k in (4, 6)], rtol=1e-6)
 
 
-def test_checkpoint_from_8_devices_restores_on_1(full_run):
+def test_checkpoint_from_8_device_fsdp_restores_on_1_device_and_on_2x4(full_run):
     config, workdir, _ = full_run
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints", max_to_keep=3, save_interval_steps=2)
-    layout8 = _setup(config, {"data": 2, "fsdp": 4}).layout
+    assert set(ckpt.item_names(6)) >= {"params", "opt_state", "config", "dataset_statistics", "tokenizers", "meta"}
+    layout8 = _setup(config, {"data": 1, "fsdp": 8}).layout
+    layout24 = _setup(config, {"data": 2, "fsdp": 4}).layout
     layout1 = _setup(config, {"data": 1, "fsdp": 1}, devices=jax.devices()[:1]).layout
-    on8 = ckpt.restore(6, layout8.abstract)
-    on1 = ckpt.restore(6, layout1.abstract)
+    on8, on24, on1 = (ckpt.restore(6, layout.abstract) for layout in (layout8, layout24, layout1))
     sharded = [x for x in jax.tree.leaves(on8["state"]["params"]) if not x.sharding.is_fully_replicated]
     assert sharded, "the 8-device checkpoint should hold sharded parameters"
     assert all(len(x.sharding.device_set) == 1 for x in jax.tree.leaves(on1["state"]))
-    jax.tree.map(np.testing.assert_array_equal, _params_np(on8["state"]), _params_np(on1["state"]))
-    assert on1["meta"]["step"] == 6 and on1["dataset_statistics"]["vla_demo"]["normalization"] == "quantile"
+    assert {x.sharding.spec for x in jax.tree.leaves(on24["state"]["params"])} != {jax.sharding.PartitionSpec()}
+    for other in (on1, on24):
+        jax.tree.map(np.testing.assert_array_equal, _params_np(on8["state"]), _params_np(other["state"]))
+    assert on1["meta"]["step"] == 6 and int(on1["state"]["step"]) == 6
+    assert on1["meta"]["frames_consumed"] == 6 * config.batch_size
+    assert on1["dataset_statistics"]["vla_demo"]["normalization"] == "quantile"
     assert on1["config"]["model"]["backbone"]["width"] == config.model.backbone.width
+    files = {p.name: p.read_bytes() for p in (workdir / trainer.TOKENIZER_DIR).iterdir()}
+    assert on1["tokenizers"] == files and files
+
+
+def test_two_runs_with_the_same_seed_give_identical_losses(full_run, tmp_path):
+    config, full_dir, _ = full_run
+    trainer.train(config, tmp_path, stop_at_step=4)
+    first = {r["step"]: r["loss"] for r in _metrics(full_dir) if "loss" in r and r["step"] <= 4}
+    second = {r["step"]: r["loss"] for r in _metrics(tmp_path) if "loss" in r}
+    assert first == second and len(first) == 2
 
 
 def test_resume_with_another_model_is_a_clear_error(full_run):
     config, workdir, _ = full_run
     before = (workdir / "config.json").read_text()
-    changed = debug_config("mesh.data=2", "mesh.fsdp=4", "model.backbone.width=48", "num_steps=8")
+    changed = debug_config("mesh.data=1", "mesh.fsdp=8", "model.backbone.width=48", "num_steps=8")
     with pytest.raises(CheckpointError, match=r"model.backbone.width is 32 there, 48 here"):
         trainer.train(changed, workdir)
     assert (workdir / "config.json").read_text() == before  # nothing overwritten
@@ -137,10 +153,10 @@ def test_corrupt_latest_checkpoint_falls_back(full_run, tmp_path, capsys):
 
     config, workdir, _ = full_run
     shutil.copytree(workdir / "checkpoints", tmp_path / "checkpoints")
-    for path in (tmp_path / "checkpoints" / "6" / "state").rglob("*"):
+    for path in (tmp_path / "checkpoints" / "6" / "params").rglob("*"):
         if path.is_file() and path.stat().st_size > 0 and "manifest" not in path.name:
             path.write_bytes(b"garbage")
-    layout = _setup(config, {"data": 2, "fsdp": 4}).layout
+    layout = _setup(config, {"data": 1, "fsdp": 8}).layout
     restored = checkpoint.Checkpointer(tmp_path / "checkpoints", max_to_keep=3, save_interval_steps=2).restore_latest(
         layout.abstract
     )
@@ -214,3 +230,89 @@ def test_kill_9_during_save_resumes_from_previous(demo_dir, tmp_path):
         4,
         6,
     ]
+
+
+SIGTERM_RUN = """
+import sys
+from vla_jax.config import load_config
+from vla_jax.training import trainer
+
+summary = trainer.train(load_config(sys.argv[1], ["num_steps=400", "checkpoint_every=1000", "eval_every=1000"]), sys.argv[2])
+print("SUMMARY", summary["step"], summary["preempted"], flush=True)
+"""
+
+
+def test_sigterm_saves_at_the_current_step_and_exits_0(demo_dir, tmp_path):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    script = tmp_path / "run.py"
+    script.write_text(SIGTERM_RUN)
+    workdir = tmp_path / "work"
+    process = subprocess.Popen(
+        [sys.executable, str(script), str(REPO / "experiments" / "debug.py"), str(workdir)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    metrics_file = workdir / "metrics.jsonl"
+    deadline = time.time() + 600
+    while time.time() < deadline and process.poll() is None:
+        lines = metrics_file.read_text().splitlines() if metrics_file.exists() else []
+        if any(json.loads(x).get("step", 0) >= 4 for x in lines if x.endswith("}")):
+            break
+        time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err[-3000:]
+    stopped = int(out.split("SUMMARY ")[1].split()[0])
+    assert "preempted (SIGTERM)" in out and out.split("SUMMARY ")[1].split()[1] == "True"
+    assert 4 <= stopped < 400
+    steps = checkpoint.Checkpointer(workdir / "checkpoints", max_to_keep=3, save_interval_steps=1000).all_steps()
+    assert steps == [stopped]  # saved at the step it stopped, not at an interval
+
+
+def test_a_save_that_fails_mid_write_is_reported_and_the_previous_one_stays_latest(
+    demo_dir, tmp_path, monkeypatch, capsys
+):
+    import errno
+
+    from orbax.checkpoint._src.path import atomicity
+
+    real_finalize = atomicity.AtomicRenameTemporaryPath.finalize
+
+    async def finalize(self, *args, **kwargs):
+        if self.get_final().name == "4":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return await real_finalize(self, *args, **kwargs)
+
+    monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize", finalize)
+    config = debug_config("num_steps=5", "eval_every=100")
+    summary = trainer.train(config, tmp_path)
+    assert summary["step"] == 5
+    out = capsys.readouterr().out
+    assert "WARNING: the checkpoint save of step 4 failed" in out and "No space left on device" in out
+    assert "latest complete checkpoint is step 2" in out
+    ckpt = checkpoint.Checkpointer(tmp_path / "checkpoints", max_to_keep=3, save_interval_steps=2)
+    assert ckpt.all_steps() == [2, 5]
+    monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize", real_finalize)
+    resumed = trainer.train(debug_config("num_steps=6", "eval_every=100"), tmp_path)
+    assert resumed["start_step"] == 5 and resumed["step"] == 6
+
+
+def test_fast_flow_run_with_ema_and_accumulation_logs_everything(demo_dir, tmp_path):
+    config = debug_config(
+        "model.mode=fast+flow", "model.expert.plan=('as', 'hb')", "ema_decay=0.9", "grad_accum_steps=2",
+        "num_steps=4", "eval_every=4", "checkpoint_every=4",
+    )  # fmt: skip
+    summary = trainer.train(config, tmp_path)
+    records = _metrics(tmp_path)
+    train_records = [r for r in records if "loss" in r]
+    for key in ("token_ce", "flow_mse", "moe_aux_loss", "moe_as_reg", "moe_hb_balance", "loss/vla_demo",
+                "examples_per_s", "tokens_per_s", "hb_load_layer1"):  # fmt: skip
+        assert key in train_records[-1], key
+    assert len(train_records[-1]["hb_load_layer1"]) == config.model.expert.moe.hb_experts
+    (val,) = [r for r in records if "val_action_error" in r]
+    for key in ("val_error_ratio", "val_fast_error_ratio", "val_fast_decode_valid_rate", "val_loss",
+                "val_action_error_units/vla_demo"):  # fmt: skip
+        assert key in val and np.isfinite(val[key]), key
+    assert summary["step"] == 4
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    ckpt = checkpoint.Checkpointer(tmp_path / "checkpoints", max_to_keep=3, save_interval_steps=4)
+    assert "ema" in ckpt.item_names(4)

@@ -1,6 +1,7 @@
 """The ``vla-jax`` command line.
 
     vla-jax train --config experiments/demo.py[:arg] [--config.key=value ...] --workdir DIR
+    vla-jax train --config CFG --dry-run [--json]
     vla-jax data list [--json]
     vla-jax data check NAME --data-dir DIR [--max-episodes N] [--json]
     vla-jax data stats NAME --data-dir DIR [--json]
@@ -49,8 +50,14 @@ def _parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train (or resume) from a config file")
     train.add_argument("--config", required=True, help="config file, optionally with :arg (experiments/demo.py)")
-    train.add_argument("--workdir", required=True, help="where config.json, metrics.jsonl and checkpoints/ go")
+    train.add_argument("--workdir", default="", help="where config.json, metrics.jsonl and checkpoints/ go")
     train.add_argument("--stop-at", type=int, default=None, help="stop (with a checkpoint) at this step")
+    train.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="build shapes with jax.eval_shape, print parameters, FLOPs and memory per device; allocate nothing",
+    )
+    train.add_argument("--json", action="store_true", help="with --dry-run: print JSON")
 
     data = commands.add_parser("data", help="dataset tools")
     data_commands = data.add_subparsers(dest="data_command", required=True)
@@ -158,10 +165,19 @@ def _tokenizer(args, overrides: list[str]) -> None:
 
 def _train(args, overrides: list[str]) -> None:
     from vla_jax import config as config_lib
+    from vla_jax import distributed
 
+    if not args.dry_run:
+        distributed.initialize_from_env()
     config = config_lib.load_config(args.config, overrides)
     from vla_jax.training import trainer
 
+    if args.dry_run:
+        result = trainer.dry_run(config)
+        _print(result, args.json, trainer.format_dry_run(result))
+        return
+    if not args.workdir:
+        raise ConfigError("vla-jax train needs --workdir (unless --dry-run)")
     trainer.train(config, args.workdir, stop_at_step=args.stop_at)
 
 

@@ -54,6 +54,10 @@ def data_config(mixture: str) -> ml_collections.ConfigDict:
     # Throughput and memory.
     c.shuffle_buffer_size = 100_000  # frames, an upper bound; the RAM budget may lower it
     c.ram_budget_gb = 8.0  # host RAM the pipeline may use (tf.data autotune budget)
+    # "files": each host reads its own share of the record files (scales to pods);
+    # "replicated": every host reads the whole stream and keeps its rows of each
+    # global batch, so batches are the same whatever the number of hosts (tests, small jobs).
+    c.host_sharding = "files"
     c.shuffle_ram_fraction = 0.5  # part of the budget for shuffle buffers of encoded frames
     c.read_threads = 8  # files read at once, split over datasets by weight
     c.transform_threads = 16  # map threads, split over datasets by weight

@@ -233,7 +233,7 @@ def _frames(
 ) -> tf.data.Dataset:
     """One dataset's normalized, chunked frames with images still encoded."""
     spec = source.spec
-    shard = (jax.process_index(), jax.process_count())
+    shard = (jax.process_index(), jax.process_count()) if data_config.host_sharding == "files" else (0, 1)
     split = source.train_split if training else source.val_split
     ds = trajectory.from_rlds(
         source.builder,
@@ -419,8 +419,12 @@ def train_batches(
     The stream is a function of ``seed`` alone; resuming at ``start_step`` skips
     the frames of earlier steps before their images are decoded, so a resumed
     run sees exactly the batches (and augmentations) an uninterrupted run would.
+    With ``data.host_sharding = "replicated"`` every process builds the whole
+    global batch and keeps its own rows.
     """
     local_batch = _local_batch_size(global_batch_size)
+    if _check_host_sharding(data_config) == "replicated":
+        local_batch = global_batch_size  # frames per step in this process's stream
     probabilities = mix.probabilities
     threads = mixture.split_budget(data_config.transform_threads, probabilities)
     reads = mixture.split_budget(data_config.read_threads, probabilities)
@@ -443,11 +447,32 @@ def train_batches(
         num_parallel_calls=data_config.transform_threads,
         deterministic=True,
     )
-    ds = ds.batch(local_batch, drop_remainder=True)
+    ds = _batch_for_this_host(ds, data_config, global_batch_size)
     if prompt is not None:
         ds = _add_prompts(ds, prompt, prompt_actions)
     ds = ds.prefetch(2).with_options(_options(data_config))
     return ds.as_numpy_iterator()
+
+
+HOST_SHARDING = ("files", "replicated")
+
+
+def _batch_for_this_host(ds: tf.data.Dataset, data_config: ml_collections.ConfigDict, global_batch_size: int):
+    """Batches of this process's rows: its own stream's, or its slice of the whole global batch (replicated)."""
+    local_batch = _local_batch_size(global_batch_size)
+    if _check_host_sharding(data_config) == "files":
+        return ds.batch(local_batch, drop_remainder=True)
+    start = jax.process_index() * local_batch
+    ds = ds.batch(global_batch_size, drop_remainder=True)
+    return ds.map(lambda batch: {k: v[start : start + local_batch] for k, v in batch.items()})
+
+
+def _check_host_sharding(data_config: ml_collections.ConfigDict) -> str:
+    if data_config.host_sharding not in HOST_SHARDING:
+        raise ConfigError(
+            f"config key 'data.host_sharding' is {data_config.host_sharding!r}; expected one of {HOST_SHARDING}"
+        )
+    return data_config.host_sharding
 
 
 def val_batches(
@@ -462,7 +487,6 @@ def val_batches(
 
     ``prompt`` and ``prompt_actions`` as in :func:`train_batches`.
     """
-    local_batch = _local_batch_size(global_batch_size)
     per_dataset = [
         _frames(s, i, mix, data_config, training=False, seed=0, threads=2, read_threads=1)
         for i, s in enumerate(mix.sources)
@@ -475,7 +499,7 @@ def val_batches(
         _to_model_inputs, data_config=data_config, seed=None, keep_instruction=prompt is not None
     )
     ds = ds.map(to_inputs, num_parallel_calls=4)
-    ds = ds.batch(local_batch, drop_remainder=True).take(data_config.val_batches)
+    ds = _batch_for_this_host(ds, data_config, global_batch_size).take(data_config.val_batches)
     if prompt is not None:
         ds = _add_prompts(ds, prompt, prompt_actions)
     return list(ds.with_options(_options(data_config)).as_numpy_iterator())

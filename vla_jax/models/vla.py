@@ -162,10 +162,15 @@ class VLA(nnx.Module):
     # -- training -------------------------------------------------------------------------------------------------
 
     def loss(self, batch: dict, rng: jax.Array) -> tuple[jax.Array, dict]:
-        """Cross-entropy on the FAST postfix and/or flow-matching MSE, plus the MoE auxiliary losses."""
+        """Cross-entropy on the FAST postfix and/or flow-matching MSE, plus the MoE auxiliary losses.
+
+        ``metrics["example_loss"] [B]`` is each example's own loss (without the
+        auxiliary terms), for losses per dataset.
+        """
         out, kvs, prefix, prefix_length = self._prefix_context(batch)
         metrics: dict = {"prompt_truncated_fraction": batch["prompt_truncated"].astype(jnp.float32).mean()}
         total = jnp.zeros((), jnp.float32)
+        per_example = jnp.zeros(batch["actions"].shape[:1], jnp.float32)  # for per-dataset losses
         if uses_fast(self.mode):
             tokens = batch["prompt_tokens"]
             logits = self.logits(out[:, -tokens.shape[1] :])[:, :-1]
@@ -176,15 +181,20 @@ class VLA(nnx.Module):
             accuracy = ((jnp.argmax(logits, -1) == targets) * weight).sum() / count
             metrics.update(token_ce=ce, token_accuracy=accuracy)
             total = total + ce
+            per_example += (losses * weight).sum(-1) / jnp.maximum(weight.sum(-1), 1.0)
         if uses_flow(self.mode):
             if self.knowledge_insulation:
                 kvs = jax.lax.stop_gradient(kvs)
             noisy, time, target = noisy_chunks(rng, batch["actions"])
             predicted, auxes = self.action_expert(noisy, time, kvs, prefix, prefix_length, self._routing(batch))
-            flow_mse = action_errors(predicted, target, action_weight(batch))["mse"]
+            weight = action_weight(batch)
+            flow_mse = action_errors(predicted, target, weight)["mse"]
+            squared = (jnp.square(predicted - target) * weight).sum((1, 2))
+            per_example += self.flow_loss_weight * squared / jnp.maximum(weight.sum((1, 2)), 1.0)
             aux_loss, moe_metrics = moe.summarize_aux(auxes)
             metrics.update(moe_metrics, flow_mse=flow_mse, moe_aux_loss=aux_loss)
             total = total + self.flow_loss_weight * flow_mse + aux_loss
+        metrics["example_loss"] = per_example
         return total, metrics
 
     # -- inference ------------------------------------------------------------------------------------------------

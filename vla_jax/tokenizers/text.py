@@ -1,4 +1,4 @@
-"""Text tokenization: sentencepiece models, and a hashing tokenizer for the regression head.
+"""Text tokenization: sentencepiece models, and a hashing tokenizer that needs no vocabulary.
 
 :class:`SentencePieceTokenizer` wraps any sentencepiece ``.model`` file (the
 PaliGemma/Gemma tokenizer, or one made by :func:`train_text_model`); the
@@ -6,8 +6,8 @@ PaliGemma/Gemma tokenizer, or one made by :func:`train_text_model`); the
 
 :class:`WordHashTokenizer` lower-cases an instruction, splits it into words and
 maps each word to ``1 + fingerprint(word) % (vocab_size - 1)`` (0 is padding):
-no vocabulary file and no training, and it runs inside tf.data. The
-regression head of the small models uses it.
+no vocabulary file and no training, and it runs inside tf.data. The data
+loader uses it when it is given no prompt tokenizer.
 """
 
 from __future__ import annotations

@@ -1,21 +1,29 @@
-"""Orbax checkpoints of the train state, config and dataset statistics.
+"""Orbax checkpoints of the train state, config, dataset statistics and tokenizers.
 
-Each step directory holds composite items: ``state`` (params as plain dicts,
-optimizer state, step), ``config`` (the resolved config), ``dataset_statistics``
-(with their normalization mode) and ``meta`` (package version, data seed).
+Each step directory holds composite items: ``params`` (plain nested dicts),
+``opt_state``, ``ema`` (when EMA is on), ``config`` (the resolved config),
+``dataset_statistics`` (with their normalization mode), ``tokenizers`` (the
+run's tokenizer files, base64) and ``meta`` (package version, step, seed of
+the step randomness and of the data stream, frames consumed). A fine-tune can
+read ``params`` alone.
+
 Orbax writes a step into a temporary directory and renames it when complete,
-so a save interrupted by a crash or kill is never listed; restore tries the
-newest step first; an unreadable one is moved aside (``<step>.unreadable``)
-and the one before is tried.
+so a save interrupted by a crash, a kill or a full disk is never listed; a
+failed save is reported and training goes on (the previous checkpoint stays
+the latest). Restore tries the newest step first; an unreadable one is moved
+aside (``<step>.unreadable``) and the one before is tried.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import pathlib
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 import vla_jax
@@ -27,50 +35,115 @@ log = logging.getLogger(__name__)
 class Checkpointer:
     """Saves and restores train states in ``directory`` (async, keep last N)."""
 
-    def __init__(self, directory: str | pathlib.Path, *, max_to_keep: int, save_interval_steps: int):
+    def __init__(
+        self, directory: str | pathlib.Path, *, max_to_keep: int, save_interval_steps: int, keep_period: int = 0
+    ):
         self.directory = pathlib.Path(directory).absolute()
         self.save_interval_steps = save_interval_steps
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
+            keep_period=keep_period or None,
             enable_async_checkpointing=True,
             create=True,
             cleanup_tmp_directories=True,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self._pending = -1  # the step of the last save started
 
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
     def save(
-        self, state: dict, *, step: int, config: dict, statistics: dict, data_seed: int, force: bool = False
+        self,
+        state: dict,
+        *,
+        step: int,
+        config: dict,
+        statistics: dict,
+        data_seed: int,
+        tokenizers: dict[str, bytes] | None = None,
+        frames_consumed: int = 0,
+        force: bool = False,
     ) -> bool:
-        """Starts an async save at multiples of the interval, or at any step with ``force``."""
+        """Starts an async save at multiples of the interval, or at any step with ``force``.
+
+        A save that fails (disk full, lost mount) is reported as a warning and
+        returns False; the step's temporary directory is never taken for a checkpoint.
+        """
         if not force and step % self.save_interval_steps:
             return False
-        meta = {"vla_jax_version": vla_jax.__version__, "step": int(step), "data_seed": int(data_seed)}
-        return self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                config=ocp.args.JsonSave(config),
-                dataset_statistics=ocp.args.JsonSave(statistics),
-                meta=ocp.args.JsonSave(meta),
-            ),
-            force=force,
+        meta = {
+            "vla_jax_version": vla_jax.__version__,
+            "step": int(step),
+            "data_seed": int(data_seed),
+            "rng_seed": int(data_seed),
+            "frames_consumed": int(frames_consumed),
+        }
+        items = {
+            "params": ocp.args.StandardSave(state["params"]),
+            "opt_state": ocp.args.StandardSave(state["opt_state"]),
+            "config": ocp.args.JsonSave(config),
+            "dataset_statistics": ocp.args.JsonSave(statistics),
+            "tokenizers": ocp.args.JsonSave({k: base64.b64encode(v).decode() for k, v in (tokenizers or {}).items()}),
+            "meta": ocp.args.JsonSave(meta),
+        }
+        if "ema" in state:
+            items["ema"] = ocp.args.StandardSave(state["ema"])
+        try:  # the previous async save must be done (Orbax would wait anyway); its failure is its own
+            self.manager.wait_until_finished()
+            self._raise_failed_save()
+        except Exception as e:  # noqa: BLE001
+            self._report_failed_save(self._pending, e)
+        self._pending = step
+        try:
+            return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+        except Exception as e:  # noqa: BLE001 - any storage failure: report, keep training
+            self._report_failed_save(step, e)
+            return False
+
+    def _raise_failed_save(self) -> None:
+        self.manager.check_for_errors()
+
+    def _report_failed_save(self, step: int, error: Exception) -> None:
+        good = [s for s in self.all_steps() if s != step]
+        latest = f"step {good[-1]}" if good else "none yet"
+        message = (
+            f"WARNING: the checkpoint save of step {step} failed ({type(error).__name__}: {str(error)[:200]}); "
+            f"the latest complete checkpoint is {latest}; training continues"
         )
+        if jax.process_index() == 0:
+            print(message, flush=True)
+        log.warning(message)
 
     def restore(self, step: int, abstract_state: dict) -> dict:
-        """All items of ``step``; arrays are placed on the shardings of ``abstract_state``."""
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state),
-                config=ocp.args.JsonRestore(),
-                dataset_statistics=ocp.args.JsonRestore(),
-                meta=ocp.args.JsonRestore(),
-            ),
-        )
-        return dict(restored)
+        """All items of ``step``: ``state`` (arrays placed on the shardings of ``abstract_state``) and the JSON items.
+
+        A run that turned EMA on after this step was saved starts its EMA from the params.
+        """
+        present = set(self.item_names(step))
+        items = {
+            "params": ocp.args.StandardRestore(abstract_state["params"]),
+            "opt_state": ocp.args.StandardRestore(abstract_state["opt_state"]),
+            "config": ocp.args.JsonRestore(),
+            "dataset_statistics": ocp.args.JsonRestore(),
+            "meta": ocp.args.JsonRestore(),
+        }
+        if "tokenizers" in present:
+            items["tokenizers"] = ocp.args.JsonRestore()
+        if "ema" in abstract_state and "ema" in present:
+            items["ema"] = ocp.args.StandardRestore(abstract_state["ema"])
+        restored = dict(self.manager.restore(step, args=ocp.args.Composite(**items)))
+        state = {"params": restored.pop("params"), "opt_state": restored.pop("opt_state")}
+        step_value = np.int32(restored["meta"]["step"])
+        state["step"] = jax.make_array_from_callback((), abstract_state["step"].sharding, lambda _: step_value)
+        if "ema" in abstract_state:
+            state["ema"] = restored.pop("ema") if "ema" in restored else jax.tree.map(jnp.copy, state["params"])
+        files = restored.pop("tokenizers", None) or {}
+        return dict(restored, state=state, tokenizers={k: base64.b64decode(v) for k, v in files.items()})
+
+    def item_names(self, step: int) -> list[str]:
+        """The items a step directory holds."""
+        return sorted(p.name for p in (self.directory / str(step)).iterdir() if p.is_dir())
 
     def saved_config(self, step: int) -> dict:
         """The resolved config stored with ``step``."""
@@ -125,7 +198,12 @@ class Checkpointer:
         return f"step {step}: {type(error).__name__}: {str(error)[:200]}"
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Waits for the pending save; a failure is reported, not raised."""
+        try:
+            self.manager.wait_until_finished()
+            self._raise_failed_save()
+        except Exception as e:  # noqa: BLE001
+            self._report_failed_save(self._pending, e)
 
     def close(self) -> None:
         self.manager.close()

@@ -1,27 +1,84 @@
-"""The optimizer: AdamW with warmup + cosine decay and global-norm clipping."""
+"""The optimizer: global-norm clipping and AdamW on a schedule, with parameters frozen by regex.
+
+``config.optimizer`` fields: ``schedule`` ("cosine": linear warmup then cosine
+decay to ``end_lr``; "rsqrt": warmup then ``peak_lr * sqrt(warmup / step)``;
+"constant": warmup then ``peak_lr``), ``peak_lr``, ``end_lr``,
+``warmup_steps``, ``clip_norm``, ``b1``, ``b2``, ``weight_decay`` (not on
+vectors: norms, biases), ``freeze`` (a regex; parameters whose path, joined by
+``/``, matches it get no update and no optimizer state).
+"""
 
 from __future__ import annotations
 
+import re
+
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
+from vla_jax.errors import ConfigError
+
+SCHEDULES = ("cosine", "rsqrt", "constant")
+
+
+def optimizer_config(**overrides) -> ml_collections.ConfigDict:
+    """Every optimizer option (``config.optimizer``) with its default (π0/openpi-like)."""
+    c = ml_collections.ConfigDict()
+    c.schedule = "cosine"
+    c.peak_lr = 2.5e-5
+    c.end_lr = 2.5e-6
+    c.warmup_steps = 1000
+    c.clip_norm = 1.0
+    c.b1 = 0.9
+    c.b2 = 0.95
+    c.weight_decay = 1e-10
+    c.freeze = ""  # regex over parameter paths, e.g. "^vit/" (see `vla-jax model summary` for module names)
+    c.update(overrides)
+    return c
+
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
-    """Linear warmup to ``peak_lr``, then cosine decay to ``end_lr`` at ``num_steps``."""
     warmup = min(config.warmup_steps, max(num_steps - 1, 0))
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0,
-        peak_value=config.peak_lr,
-        warmup_steps=warmup,
-        decay_steps=max(num_steps, warmup + 1),
-        end_value=config.end_lr,
+    kind = config.schedule
+    if kind == "cosine":
+        return optax.warmup_cosine_decay_schedule(
+            init_value=0.0,
+            peak_value=config.peak_lr,
+            warmup_steps=warmup,
+            decay_steps=max(num_steps, warmup + 1),
+            end_value=config.end_lr,
+        )
+    if kind in ("rsqrt", "constant"):
+        peak, ramp = config.peak_lr, max(warmup, 1)
+
+        def schedule(step):
+            step = jnp.asarray(step, jnp.float32)
+            warm = peak * jnp.minimum(step / ramp, 1.0)
+            if kind == "constant":
+                return warm
+            return jnp.where(step < ramp, warm, peak * jnp.sqrt(ramp / jnp.maximum(step, 1.0)))
+
+        return schedule
+    raise ConfigError(f"config key 'optimizer.schedule' is {kind!r}; expected one of {SCHEDULES}")
+
+
+def param_path(path) -> str:
+    """``backbone/layers/0/query`` from a pytree key path."""
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def frozen_labels(params, pattern: str):
+    """``"frozen"`` / ``"trained"`` per parameter; frozen when ``re.search(pattern, path)``."""
+    regex = re.compile(pattern) if pattern else None
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: "frozen" if regex and regex.search(param_path(path)) else "trained", params
     )
 
 
 def make_optimizer(config: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
-    """Clip by global norm, then AdamW; no weight decay on vectors (norms, biases)."""
-    return optax.chain(
+    """Clip by global norm, then AdamW; no weight decay on vectors. Frozen parameters are left out entirely."""
+    trained = optax.chain(
         optax.clip_by_global_norm(config.clip_norm),
         optax.adamw(
             learning_rate_schedule(config, num_steps),
@@ -30,4 +87,14 @@ def make_optimizer(config: ml_collections.ConfigDict, num_steps: int) -> optax.G
             weight_decay=config.weight_decay,
             mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params),
         ),
+    )
+    pattern = config.freeze
+    if not pattern:
+        return trained
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        raise ConfigError(f"config key 'optimizer.freeze' is not a valid regex ({e}): {pattern!r}") from None
+    return optax.multi_transform(
+        {"trained": trained, "frozen": optax.set_to_zero()}, lambda params: frozen_labels(params, pattern)
     )

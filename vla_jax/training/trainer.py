@@ -6,6 +6,9 @@ import dataclasses
 import functools
 import json
 import pathlib
+import signal
+import threading
+import time
 from collections.abc import Callable
 
 import jax
@@ -17,13 +20,14 @@ from jax.experimental import multihost_utils
 from vla_jax import config as config_lib
 from vla_jax import sharding
 from vla_jax.data import loader
-from vla_jax.data.statistics import normalize
+from vla_jax.data.statistics import normalize, unnormalize
 from vla_jax.errors import CheckpointError, ConfigError
 from vla_jax.files import write_atomically
 from vla_jax.models.vla import VLA, IOShapes, build_model, uses_fast, uses_flow
 from vla_jax.tokenizers import build
 from vla_jax.tokenizers.prompt import PromptTokenizer
 from vla_jax.training import checkpoint, metrics, optimizer, state, step
+from vla_jax.training import summary as summary_lib
 
 
 def io_shapes(config: ml_collections.ConfigDict, mix: loader.DataMixture | None = None) -> IOShapes:
@@ -105,53 +109,111 @@ def _flat_diff(prefix: str, old, new):
         yield prefix, (old, new)
 
 
-def mean_action_baseline(val: list[dict], mix: loader.DataMixture) -> float:
-    """Mean absolute error of always predicting each dataset's mean action (normalized units)."""
+def dataset_mean_actions(mix: loader.DataMixture) -> np.ndarray:
+    """``[datasets, action_dim]``: each dataset's mean action in normalized units (the baseline predictor)."""
     means = np.zeros((len(mix.sources), mix.action_dim), np.float32)
     for i, source in enumerate(mix.sources):
         stats = source.statistics
         mean = normalize(stats.action.mean, stats.action, stats.normalization, stats.action_mask)
         means[i, : len(mean)] = mean
-    abs_sum = count = 0.0
-    for batch in val:
-        weight = batch["action_mask"][:, :, None] & batch["action_dim_mask"][:, None, :]
-        predicted = means[batch["dataset_index"]][:, None, :]
-        abs_sum += float((np.abs(batch["actions"] - predicted) * weight).sum())
-        count += float(weight.sum())
-    return abs_sum / max(count, 1.0)
+    return means
 
 
-def evaluate(eval_step, params, val_global: list[dict], prompt: PromptTokenizer | None = None) -> dict[str, float]:
-    """Action error (normalized units) on the validation batches.
+def evaluate(
+    eval_step, params, val_global: list[dict], mix: loader.DataMixture, prompt: PromptTokenizer, loss_step=None
+) -> dict[str, float]:
+    """Validation: action error in normalized units (also as a ratio to the mean-action baseline), in
+    action units per dataset; loss; decode validity.
 
-    With ``prompt`` (fast mode) the step's outputs are greedy decodes, turned
-    into actions here; else they are error sums of the action expert's samples.
-
-    A chunk that does not decode cleanly still counts, with whatever the
-    tokenizer made of it (zeros where values are missing).
+    The step's outputs are greedy decodes (fast mode; turned into actions by
+    ``prompt``, and a chunk that does not decode cleanly still counts with
+    whatever the tokenizer made of it) or the action expert's samples.
     """
-    totals = {"abs_sum": 0.0, "sq_sum": 0.0, "count": 0.0, "valid": 0.0, "rows": 0.0}
+    sums = {"abs": 0.0, "sq": 0.0, "count": 0.0, "valid": 0.0, "rows": 0.0, "baseline": 0.0}
+    means = dataset_mean_actions(mix)
+    units = np.zeros((len(mix.sources), 2))  # per dataset: absolute error sum in action units, count
+    losses = []
+    decoded = False
     for batch in val_global:
         out = jax.device_get(eval_step(params, batch))
-        if prompt is not None:
-            predicted, valid = prompt.extract_actions(out.pop("generated"))
-            diff = (predicted - out.pop("actions")) * out["weight"]
-            out.update(abs_sum=np.abs(diff).sum(), sq_sum=np.square(diff).sum(), valid=valid.sum(), rows=len(valid))
-            out["count"] = out.pop("weight").sum()
-        totals = {k: totals[k] + float(out.get(k, 0.0)) for k in totals}
-    count = max(totals["count"], 1.0)
-    results = {"val_action_error": totals["abs_sum"] / count, "val_action_mse": totals["sq_sum"] / count}
-    if prompt is not None:
-        results["val_decode_valid_rate"] = totals["valid"] / max(totals["rows"], 1.0)
+        if "generated" in out:
+            decoded = True
+            predicted, valid = prompt.extract_actions(out["generated"])
+            sums["valid"] += float(valid.sum())
+            sums["rows"] += len(valid)
+        else:
+            predicted = out["predicted"]
+        actions, weight = out["actions"], out["weight"]
+        diff = (predicted - actions) * weight
+        sums["abs"] += float(np.abs(diff).sum())
+        sums["sq"] += float(np.square(diff).sum())
+        sums["count"] += float(weight.sum())
+        sums["baseline"] += float((np.abs(actions - means[out["dataset_index"]][:, None, :]) * weight).sum())
+        for i, source in enumerate(mix.sources):
+            rows = out["dataset_index"] == i
+            if rows.any():
+                units[i] += _error_in_action_units(source.statistics, predicted[rows], actions[rows], weight[rows])
+        if loss_step is not None:
+            losses.append(float(loss_step(params, batch)))
+    count = max(sums["count"], 1.0)
+    results = {
+        "val_action_error": sums["abs"] / count,
+        "val_action_mse": sums["sq"] / count,
+        "val_mean_baseline_error": sums["baseline"] / count,  # always predicting each dataset's mean action
+    }
+    results["val_error_ratio"] = results["val_action_error"] / max(results["val_mean_baseline_error"], 1e-12)
+    for source, (error, n) in zip(mix.sources, units):
+        if n:
+            results[f"val_action_error_units/{source.spec.name}"] = float(error / n)
+    if losses:
+        results["val_loss"] = float(np.mean(losses))
+    if decoded:
+        results["val_decode_valid_rate"] = sums["valid"] / max(sums["rows"], 1.0)
     return results
 
 
-def make_eval_step(config, layout: state.StateLayout, batch_sharding, prompt: PromptTokenizer):
-    """The validation step :func:`evaluate` takes: greedy ids in fast mode, else error sums of expert samples."""
-    if uses_flow(config.model.mode):
-        return step.make_eval_step(layout, batch_sharding, config.seed)
+def _error_in_action_units(stats, predicted: np.ndarray, actions: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """``[absolute error sum, count]`` over one dataset's own action dims, in its action units."""
+    dims = len(stats.action.mean)
+
+    def to_units(x):
+        return unnormalize(x[..., :dims], stats.action, stats.normalization, stats.action_mask)
+
+    weight = weight[..., :dims]
+    return np.array([(np.abs(to_units(predicted) - to_units(actions)) * weight).sum(), weight.sum()])
+
+
+def format_validation(results: dict) -> str:
+    """One console line of validation results."""
+    line = (
+        f"val_action_error {results['val_action_error']:.4f} (mean-action baseline "
+        f"{results['val_mean_baseline_error']:.4f}, ratio {results['val_error_ratio']:.3f})"
+    )
+    if "val_decode_valid_rate" in results:
+        line += f", decode valid {results['val_decode_valid_rate']:.1%}"
+    if "val_fast_error_ratio" in results:
+        line += (
+            f"; FAST greedy: ratio {results['val_fast_error_ratio']:.3f}, "
+            f"decode valid {results['val_fast_decode_valid_rate']:.1%}"
+        )
+    return line
+
+
+def make_eval_steps(config, layout: state.StateLayout, batch_sharding, prompt: PromptTokenizer) -> dict:
+    """The validation steps :func:`evaluate` takes, by the prefix of their result keys.
+
+    Flow modes are judged by the action expert's samples (``val_*``); fast
+    mode by greedy decoding (``val_*``). In ``fast+flow`` greedy decoding is
+    measured too, under ``val_fast_*``.
+    """
     decode_tokens = config.tokenizer.decode_tokens or config.tokenizer.max_length
-    return step.make_generate_step(layout, batch_sharding, decode_tokens, prompt.eos)
+    steps = {}
+    if uses_flow(config.model.mode):
+        steps["val"] = step.make_sample_step(layout, batch_sharding, config.seed)
+    if uses_fast(config.model.mode):
+        key = "val_fast" if steps else "val"
+        steps[key] = step.make_generate_step(layout, batch_sharding, decode_tokens, prompt.eos)
+    return steps
 
 
 def prepare_prompt_tokenizer(
@@ -207,7 +269,7 @@ def setup(config: ml_collections.ConfigDict, devices=None) -> Setup:
     tx = optimizer.make_optimizer(config.optimizer, config.num_steps)
     model_fn = functools.partial(build_model, config.model, io_shapes(config, data), config.seed)
     with sharding.logical_rules(rules):
-        layout = state.make_layout(model_fn, tx, mesh, rules, config.sharding.fsdp_min_bytes)
+        layout = state.make_layout(model_fn, tx, mesh, rules, config.sharding.fsdp_min_bytes, ema=config.ema_decay > 0)
     check_replicated_fraction(config, mesh, layout.replicated_fraction)
     return Setup(mesh, rules, data, tx, model_fn, layout, sharding.batch_sharding(mesh))
 
@@ -223,10 +285,107 @@ def check_replicated_fraction(config: ml_collections.ConfigDict, mesh, fraction:
         )
 
 
+def dry_run(config: ml_collections.ConfigDict) -> dict:
+    """Shapes, FLOPs and the train state's bytes per device for ``config``, from ``jax.eval_shape`` alone.
+
+    The mesh need not exist here: a mesh with a -1 axis is sized to this
+    machine's devices, a fully given one is used as written. Nothing is
+    allocated and no dataset is read when ``data.action_dim`` and
+    ``data.state_dim`` are set.
+    """
+    mesh_shape = dict(config.mesh)
+    num_devices = jax.device_count() if -1 in mesh_shape.values() else int(np.prod(list(mesh_shape.values())))
+    mesh = sharding.abstract_mesh(mesh_shape, num_devices)
+    tx = optimizer.make_optimizer(config.optimizer, config.num_steps)
+    result = summary_lib.summarize(
+        config.model,
+        io_shapes(config),
+        mesh,
+        rules=tuple(tuple(r) for r in config.sharding.rules),
+        fsdp_min_bytes=config.sharding.fsdp_min_bytes,
+        optimizer=tx,
+    )
+    ema = result["param_bytes_per_device"] if config.ema_decay > 0 else 0
+    result["ema_bytes_per_device"] = ema
+    # Parameters, optimizer state and EMA live across steps; gradients take one more copy of the params.
+    result["state_bytes_per_device"] = result["bytes_per_device"] + ema
+    result["peak_bytes_estimate_per_device"] = result["state_bytes_per_device"] + result["param_bytes_per_device"]
+    result["examples_per_device"] = config.batch_size / num_devices / max(config.grad_accum_steps, 1)
+    check_replicated_fraction(config, mesh, result["replicated_fraction"])
+    return result
+
+
+def format_dry_run(result: dict) -> str:
+    gib = 2**30
+    return (
+        summary_lib.format_summary(result)
+        + f"\nper device: train state {result['state_bytes_per_device'] / gib:.2f} GiB "
+        f"(EMA {result['ema_bytes_per_device'] / gib:.2f}), with gradients about "
+        f"{result['peak_bytes_estimate_per_device'] / gib:.2f} GiB before activations; "
+        f"{result['examples_per_device']:g} examples per device per micro-batch"
+    )
+
+
+# Dense bf16 matmul peak per device, for MFU (vendor figures); matched by substring of device_kind.
+PEAK_FLOPS = (
+    ("TPU v6", 918e12),
+    ("TPU v5p", 459e12),
+    ("TPU v5 lite", 197e12),
+    ("TPU v5e", 197e12),
+    ("TPU v5", 459e12),
+    ("TPU v4", 275e12),
+    ("H200", 989e12),
+    ("H100", 989e12),
+    ("A100", 312e12),
+)
+
+
+def device_peak_flops(config: ml_collections.ConfigDict) -> float:
+    """The configured peak, else the table's for this device kind; 0 when unknown (then no MFU is logged)."""
+    if config.device_peak_flops:
+        return float(config.device_peak_flops)
+    kind = jax.devices()[0].device_kind
+    return next((peak for name, peak in PEAK_FLOPS if name in kind), 0.0)
+
+
+class PreemptionFlag:
+    """Set by SIGTERM (single process) or by JAX's preemption sync point (multi-host, via Orbax)."""
+
+    def __init__(self, ckpt: checkpoint.Checkpointer):
+        self.ckpt, self.received = ckpt, False
+        self.multi_host = jax.process_count() > 1
+        self.previous = None
+        if not self.multi_host and threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.received = True
+
+    def reached(self, step: int) -> bool:
+        if self.multi_host:
+            return bool(self.ckpt.manager.reached_preemption(step))
+        return self.received
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+def _named_vectors(logged: dict, names: tuple[str, ...]) -> dict:
+    """``loss_by_dataset`` (a vector) becomes ``loss/<dataset>`` entries; NaN (absent) entries are dropped."""
+    by_dataset = logged.pop("loss_by_dataset", None)
+    if by_dataset is not None:
+        for name, value in zip(names, np.atleast_1d(by_dataset)):
+            if np.isfinite(value):
+                logged[f"loss/{name}"] = float(value)
+    return logged
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, stop_at_step: int | None = None) -> dict:
     """Trains to ``config.num_steps`` (or ``stop_at_step``), resuming from ``workdir``.
 
-    Returns the last logged training metrics and validation results.
+    On SIGTERM (preemption) it saves at the current step and returns. Returns
+    the last logged training metrics and validation results.
     """
     workdir = pathlib.Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -238,7 +397,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, sto
     schedule = optimizer.learning_rate_schedule(config.optimizer, config.num_steps)
 
     ckpt = checkpoint.Checkpointer(
-        workdir / "checkpoints", max_to_keep=config.keep_checkpoints, save_interval_steps=config.checkpoint_every
+        workdir / "checkpoints",
+        max_to_keep=config.keep_checkpoints,
+        save_interval_steps=config.checkpoint_every,
+        keep_period=config.keep_period,
     )
     restored = ckpt.restore_latest(
         layout.abstract, check_config=functools.partial(check_resumable, config=config, workdir=workdir)
@@ -252,21 +414,35 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, sto
     if is_main:
         origin = f"resumed from step {start_step}" if restored is not None else "fresh start"
         print(
-            f"vla_jax: {jax.device_count()} devices, mesh {dict(mesh.shape)}, {num_params:,} params "
-            f"({layout.replicated_fraction:.1%} of bytes replicated), {origin}, training to step {end_step}",
+            f"vla_jax: {jax.process_count()} processes, {jax.device_count()} devices, mesh {dict(mesh.shape)}, "
+            f"{num_params:,} params ({layout.replicated_fraction:.1%} of bytes replicated), {origin}, "
+            f"training to step {end_step}",
             flush=True,
         )
 
     prompt = prepare_prompt_tokenizer(config, data, workdir)
+    tokenizer_files = {p.name: p.read_bytes() for p in sorted((workdir / TOKENIZER_DIR).iterdir())}
     prompt_actions = uses_fast(config.model.mode)  # flow mode's prompts have no action postfix
+    io = io_shapes(config, data)
+    flops_per_example = 3 * sum(summary_lib.forward_flops(config.model, io).values())
+    tokens_per_example = len(io.cameras) * (io.image_size // config.model.vit.patch_size) ** 2 + io.text_length
+    peak = device_peak_flops(config)
     with sharding.logical_rules(rules), jax.set_mesh(mesh):
-        train_step = step.make_train_step(layout, tx, batch_sharding, config.seed)
-        eval_step = make_eval_step(config, layout, batch_sharding, prompt)
+        train_step = step.make_train_step(
+            layout,
+            tx,
+            batch_sharding,
+            config.seed,
+            grad_accum_steps=config.grad_accum_steps,
+            ema_decay=config.ema_decay,
+            num_datasets=len(data.sources),
+        )
+        eval_steps = make_eval_steps(config, layout, batch_sharding, prompt)
+        loss_step = step.make_loss_step(layout, batch_sharding, config.seed)
         val_local = loader.val_batches(
             data, config.data, global_batch_size=config.batch_size, prompt=prompt, prompt_actions=prompt_actions
         )
         val_global = [loader.to_global_batch(b, batch_sharding) for b in val_local]
-        baseline = mean_action_baseline(val_local, data)
         batches = loader.train_batches(
             data,
             config.data,
@@ -276,45 +452,75 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, sto
             prompt=prompt,
             prompt_actions=prompt_actions,
         )
-        writer = metrics.MetricsWriter(workdir)
-        progress = metrics.ProgressLine(start_step, config.num_steps)
-        save = functools.partial(
-            ckpt.save,
-            config=config.to_dict(),
-            statistics=data.statistics_json(),
-            data_seed=config.seed,
+        writer = metrics.MetricsWriter(
+            workdir, tensorboard=config.tensorboard, wandb_project=config.wandb_project, config=config.to_dict()
         )
-        summary: dict = {"start_step": start_step}
-        current = start_step
-        while current < end_step:
-            batch = loader.to_global_batch(next(batches), batch_sharding)
-            train_state, step_metrics = train_step(train_state, batch)
-            current += 1
-            if current % config.log_every == 0 or current == end_step:
-                logged = {k: metrics.to_builtin(v) for k, v in jax.device_get(step_metrics).items()}
-                logged["learning_rate"] = float(schedule(current - 1))  # the rate this step used
-                logged["steps_per_s"] = progress.update(current, {"loss": logged["loss"]})
-                writer.write(current, logged)
-                summary.update(logged)
-            if current % config.eval_every == 0 or current == end_step:
-                results = evaluate(
-                    eval_step, train_state["params"], val_global, None if uses_flow(config.model.mode) else prompt
-                )
-                results["val_mean_baseline_error"] = baseline
-                results["val_error_ratio"] = results["val_action_error"] / max(baseline, 1e-12)
-                writer.write(current, results)
-                summary.update(results)
-                if is_main:
-                    validity = results.get("val_decode_valid_rate")
-                    print(
-                        f"step {current}: val_action_error {results['val_action_error']:.4f} "
-                        f"(mean-action baseline {baseline:.4f}, ratio {results['val_error_ratio']:.3f})"
-                        + ("" if validity is None else f", decode valid {validity:.1%}"),
-                        flush=True,
+        progress = metrics.ProgressLine(start_step, config.num_steps)
+        preemption = PreemptionFlag(ckpt)
+
+        def save(at_step: int, force: bool) -> bool:
+            return ckpt.save(
+                train_state,
+                step=at_step,
+                config=config.to_dict(),
+                statistics=data.statistics_json(),
+                data_seed=config.seed,
+                tokenizers=tokenizer_files,
+                frames_consumed=at_step * config.batch_size,
+                force=force,
+            )
+
+        summary: dict = {"start_step": start_step, "preempted": False}
+        current, data_wait = start_step, 0.0
+        try:
+            while current < end_step:
+                waited = time.perf_counter()
+                local = next(batches)
+                data_wait += time.perf_counter() - waited
+                train_state, step_metrics = train_step(train_state, loader.to_global_batch(local, batch_sharding))
+                current += 1
+                if current % config.log_every == 0 or current == end_step:
+                    logged = {k: metrics.to_builtin(v) for k, v in jax.device_get(step_metrics).items()}
+                    logged = _named_vectors(logged, data.names)
+                    logged["learning_rate"] = float(schedule(current - 1))  # the rate this step used
+                    steps_per_s = progress.update(current, {"loss": logged["loss"]})
+                    examples_per_s = steps_per_s * config.batch_size
+                    logged.update(
+                        steps_per_s=steps_per_s,
+                        examples_per_s=examples_per_s,
+                        tokens_per_s=examples_per_s * tokens_per_example,
+                        data_wait_fraction=min(data_wait * steps_per_s / config.log_every, 1.0),
                     )
-            save(train_state, step=current, force=current == end_step)
-        ckpt.wait()
-        ckpt.close()
+                    if peak:
+                        logged["mfu"] = examples_per_s * flops_per_example / (peak * jax.device_count())
+                    data_wait = 0.0
+                    writer.write(current, logged)
+                    summary.update(logged)
+                if current % config.eval_every == 0 or current == end_step:
+                    eval_params = train_state.get("ema", train_state["params"])
+                    results = {}
+                    for prefix, eval_step in eval_steps.items():
+                        found = evaluate(
+                            eval_step, eval_params, val_global, data, prompt, loss_step if prefix == "val" else None
+                        )
+                        results.update({prefix + k[len("val") :]: v for k, v in found.items()})
+                    results.pop("val_fast_mean_baseline_error", None)  # the same batches: the same baseline
+                    writer.write(current, results)
+                    summary.update(results)
+                    if is_main:
+                        print(f"step {current}: {format_validation(results)}", flush=True)
+                if preemption.reached(current):
+                    save(current, force=True)
+                    summary["preempted"] = True
+                    if is_main:
+                        print(f"vla_jax: preempted (SIGTERM); saved step {current}", flush=True)
+                    break
+                save(current, force=current == end_step)
+        finally:
+            preemption.restore()
+            ckpt.wait()
+            ckpt.close()
+            writer.close()
     summary["step"] = current
     if is_main:
         (workdir / "summary.json").write_text(json.dumps(summary, indent=1))

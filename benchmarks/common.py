@@ -1,0 +1,109 @@
+"""Helpers the benchmark scripts share: timing, the machine's matmul peak, a synthetic model batch."""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def best_seconds(fn, repeats: int) -> float:
+    """Fastest of ``repeats`` timed calls of ``fn`` (results waited for), after one warm-up call."""
+    import jax
+
+    jax.block_until_ready(fn())
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def matmul_flops_per_s(size: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of a jitted ``size x size`` fp32 matmul on the default device: this machine's dense peak."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
+    matmul = jax.jit(jnp.dot)
+    return 2 * size**3 / best_seconds(lambda: matmul(a, b), repeats)
+
+
+def model_batch(io, batch_size: int) -> dict:
+    """Random inputs of the shapes ``io`` (an IOShapes) describes; half the prompt is a FAST postfix."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    length = io.text_length
+    positions = np.arange(length)[None, :]
+    batch = {
+        "state": rng.normal(size=(batch_size, io.state_dim)).astype(np.float32),
+        "state_dim_mask": np.ones((batch_size, io.state_dim), bool),
+        "actions": rng.uniform(-1, 1, (batch_size, io.action_horizon, io.action_dim)).astype(np.float32),
+        "action_mask": np.ones((batch_size, io.action_horizon), bool),
+        "action_dim_mask": np.ones((batch_size, io.action_dim), bool),
+        "action_space": np.zeros(batch_size, np.int32),
+        "dataset_index": np.zeros(batch_size, np.int32),
+        "prompt_tokens": rng.integers(3, io.text_vocab_size, (batch_size, length)).astype(np.int32),
+        "prompt_mask": np.ones((batch_size, length), bool),
+        "prompt_truncated": np.zeros(batch_size, bool),
+    }
+    batch["prompt_ar_mask"] = batch["prompt_mask"] & (positions >= length // 2)
+    batch["prompt_loss_mask"] = batch["prompt_ar_mask"].copy()
+    for role in io.cameras:
+        batch[f"image_{role}"] = rng.integers(0, 255, (batch_size, io.image_size, io.image_size, 3), dtype=np.uint8)
+        batch[f"image_{role}_mask"] = np.ones(batch_size, bool)
+    return batch
+
+
+def preset_step_flops_fraction(preset: str, batch_size: int, repeats: int, matmul_size: int = 2048) -> dict:
+    """Model FLOP/s of the trainer's own jitted step for ``preset`` (synthetic batch, one device), vs the matmul peak.
+
+    Model FLOPs are ``vla_jax.training.summary.forward_flops`` x 3 (active
+    experts only), so this is the MFU against what this machine's matmul reaches.
+    """
+    import functools
+
+    import jax
+
+    from vla_jax import sharding
+    from vla_jax.data import loader
+    from vla_jax.models import presets
+    from vla_jax.models.vla import build_model
+    from vla_jax.training import optimizer, state, step, summary
+
+    config = presets.model_config(preset)
+    io = presets.default_io(preset)
+    mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
+    tx = optimizer.make_optimizer(optimizer.optimizer_config(), 1000)
+    model_fn = functools.partial(build_model, config, io, 0)
+    with jax.set_mesh(mesh), sharding.logical_rules(sharding.DEFAULT_RULES):
+        layout = state.make_layout(model_fn, tx, mesh, sharding.DEFAULT_RULES, 4 * 2**20)
+        train_state = state.init_state(model_fn, tx, layout)
+        batch_sharding = sharding.batch_sharding(mesh)
+        train_step = step.make_train_step(layout, tx, batch_sharding, seed=0)
+        batch = loader.to_global_batch(model_batch(io, batch_size), batch_sharding)
+        holder = {"state": train_state}
+
+        def run():
+            holder["state"], metrics = train_step(holder["state"], batch)
+            return metrics["loss"]
+
+        step_s = best_seconds(run, repeats)
+    flops = 3 * sum(summary.forward_flops(config, io).values()) * batch_size
+    peak = matmul_flops_per_s(matmul_size, 5)
+    return {
+        "preset": preset,
+        "batch_size": batch_size,
+        "step_s": round(step_s, 4),
+        "step_model_flops": flops,
+        "step_flops_per_s": round(flops / step_s),
+        "matmul_flops_per_s": round(peak),
+        "flops_fraction_of_matmul_peak": round(flops / step_s / peak, 3),
+    }

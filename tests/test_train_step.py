@@ -1,0 +1,106 @@
+"""The jitted train step: gradient accumulation, freezing, EMA, per-dataset losses, schedules."""
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from vla_jax import sharding
+from vla_jax.data import loader
+from vla_jax.training import optimizer, state, step, trainer
+
+from .conftest import debug_config
+
+
+@pytest.fixture(scope="module")
+def demo_batch(demo_dir, tmp_path_factory):
+    """One real demo batch of 16 (fast-mode prompts), with its config (full learning rate from step 0)."""
+    config = debug_config("optimizer.warmup_steps=0")
+    run = trainer.setup(config)
+    prompt = trainer.prepare_prompt_tokenizer(config, run.data, tmp_path_factory.mktemp("tok"))
+    batch = next(loader.train_batches(run.data, config.data, global_batch_size=16, seed=0, prompt=prompt))
+    return config, batch
+
+
+def _one_step(config, batch, tx=None, **step_kwargs):
+    run = trainer.setup(config)
+    layout, tx = run.layout, tx or run.optimizer
+    if tx is not run.optimizer:
+        with sharding.logical_rules(run.rules):
+            layout = state.make_layout(run.model_fn, tx, run.mesh, run.rules, config.sharding.fsdp_min_bytes)
+    with jax.set_mesh(run.mesh), sharding.logical_rules(run.rules):
+        train_state = state.init_state(run.model_fn, tx, layout)
+        before = jax.tree.map(np.asarray, jax.device_get(train_state))
+        train_step = step.make_train_step(layout, tx, run.batch_sharding, config.seed, **step_kwargs)
+        new_state, metrics = train_step(train_state, loader.to_global_batch(batch, run.batch_sharding))
+        return before, jax.tree.map(np.asarray, jax.device_get(new_state)), jax.device_get(metrics)
+
+
+def test_gradient_accumulation_matches_the_full_batch(demo_batch):
+    config, batch = demo_batch
+    sgd = optax.sgd(1.0)  # params_after = params - grads: the step's gradient, exactly
+    before, full, full_metrics = _one_step(config, batch, sgd)
+    _, accumulated, accumulated_metrics = _one_step(config, batch, sgd, grad_accum_steps=4)
+    grads_full = jax.tree.map(np.subtract, before["params"], full["params"])
+    grads_accumulated = jax.tree.map(np.subtract, before["params"], accumulated["params"])
+    # The loss is a token mean per micro-batch; micro-batches differ in token counts only slightly.
+    np.testing.assert_allclose(accumulated_metrics["loss"], full_metrics["loss"], rtol=2e-2)
+    difference = optax.tree.norm(jax.tree.map(np.subtract, grads_accumulated, grads_full))
+    assert float(difference) < 0.05 * float(optax.tree.norm(grads_full))
+    np.testing.assert_allclose(accumulated_metrics["grad_norm"], full_metrics["grad_norm"], rtol=5e-2)
+    with pytest.raises(ValueError, match="grad_accum_steps=3"):
+        _one_step(config, batch, grad_accum_steps=3)
+
+
+def test_frozen_parameters_stay_bit_equal_and_have_no_optimizer_state(demo_batch):
+    config, batch = demo_batch
+    frozen = debug_config("optimizer.warmup_steps=0", "optimizer.freeze=^(vit|backbone/layers/0)/")
+    before, after, _ = _one_step(frozen, batch)
+    flat_before = dict(jax.tree_util.tree_flatten_with_path(before["params"])[0])
+    flat_after = dict(jax.tree_util.tree_flatten_with_path(after["params"])[0])
+    changed = {optimizer.param_path(p): not np.array_equal(flat_before[p], flat_after[p]) for p in flat_before}
+    frozen_paths = [p for p in changed if p.startswith("vit/") or p.startswith("backbone/layers/0/")]
+    assert frozen_paths and not any(changed[p] for p in frozen_paths)
+    assert any(changed[p] for p in changed if p.startswith("backbone/layers/1/"))
+    # AdamW moments only for the trained parameters.
+    trained = sum(x.size for p, x in flat_before.items() if optimizer.param_path(p) not in frozen_paths)
+    opt_floats = sum(x.size for x in jax.tree.leaves(after["opt_state"]) if x.ndim > 0)
+    assert opt_floats == 2 * trained
+
+
+def test_ema_follows_the_params(demo_batch):
+    config, batch = demo_batch
+    ema_config = debug_config("optimizer.warmup_steps=0", "ema_decay=0.75")
+    before, after, _ = _one_step(ema_config, batch, ema_decay=0.75)
+    expected = jax.tree.map(lambda e, p: 0.75 * e + 0.25 * p, before["ema"], after["params"])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), after["ema"], expected)
+    jax.tree.map(np.testing.assert_array_equal, before["ema"], before["params"])  # starts at the params
+
+
+def test_loss_by_dataset_averages_each_datasets_examples(demo_batch):
+    config, batch = demo_batch
+    two = dict(batch, dataset_index=(np.arange(16) % 2).astype(batch["dataset_index"].dtype))
+    _, _, metrics = _one_step(config, two, num_datasets=3)
+    by_dataset = metrics["loss_by_dataset"]
+    assert np.isfinite(by_dataset[:2]).all() and np.isnan(by_dataset[2])  # no example of dataset 2
+    assert abs(by_dataset[0] - by_dataset[1]) > 0  # different examples, different means
+
+
+@pytest.mark.parametrize("kind", optimizer.SCHEDULES)
+def test_schedules(kind):
+    config = optimizer.optimizer_config(schedule=kind, peak_lr=1.0, end_lr=0.1, warmup_steps=10)
+    lr = optimizer.learning_rate_schedule(config, 1000)
+    np.testing.assert_allclose(float(lr(5)), 0.5, rtol=1e-6)  # linear warmup
+    np.testing.assert_allclose(float(lr(10)), 1.0, rtol=1e-6)
+    late = float(lr(1000))
+    expected = {"cosine": 0.1, "rsqrt": np.sqrt(10 / 1000), "constant": 1.0}[kind]
+    np.testing.assert_allclose(late, expected, rtol=1e-5)
+
+
+def test_bad_optimizer_settings_are_config_errors():
+    from vla_jax.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="optimizer.schedule"):
+        optimizer.learning_rate_schedule(optimizer.optimizer_config(schedule="linear"), 10)
+    with pytest.raises(ConfigError, match="optimizer.freeze"):
+        optimizer.make_optimizer(optimizer.optimizer_config(freeze="(vit"), 10)

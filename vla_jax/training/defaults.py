@@ -1,0 +1,36 @@
+"""The run-level options every training config has, with their defaults.
+
+Experiment files start from :func:`run_config` and add ``data``, ``tokenizer``,
+``model`` and ``optimizer`` groups (see ``experiments/``).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from vla_jax import sharding
+
+
+def run_config(**overrides) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.num_steps = 1000
+    c.batch_size = 32  # global, over every process and device
+    c.seed = 0
+    c.grad_accum_steps = 1  # the batch is split into this many micro-batches per step
+    c.ema_decay = 0.0  # 0: no EMA; else EMA params (e.g. 0.999) are kept, checkpointed and validated
+    c.log_every = 50
+    c.eval_every = 1000
+    c.checkpoint_every = 500
+    c.keep_checkpoints = 3  # the last N are kept...
+    c.keep_period = 0  # ...and, if > 0, every step that is a multiple of this
+    c.tensorboard = True  # event files in WORKDIR/tensorboard (process 0)
+    c.wandb_project = ""  # non-empty: also log to Weights & Biases (needs `pip install wandb`)
+    c.device_peak_flops = 0.0  # per device, for MFU; 0: from a table of known accelerators
+
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1, "expert": 1})
+    c.sharding = ml_collections.ConfigDict()
+    c.sharding.rules = sharding.DEFAULT_RULES
+    c.sharding.fsdp_min_bytes = 4 * 2**20  # smaller tensors stay replicated
+    c.sharding.max_replicated_fraction = 0.02  # on an fsdp mesh, more replicated parameter bytes is an error
+    c.update(overrides)
+    return c
