@@ -83,8 +83,9 @@ def preset_step_flops_fraction(preset: str, batch_size: int, repeats: int, matmu
     mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
     tx = optimizer.make_optimizer(optimizer.optimizer_config(), 1000)
     model_fn = functools.partial(build_model, config, io, 0)
-    with jax.set_mesh(mesh), sharding.logical_rules(sharding.DEFAULT_RULES):
+    with sharding.logical_rules(sharding.DEFAULT_RULES):
         layout = state.make_layout(model_fn, tx, mesh, sharding.DEFAULT_RULES, 4 * 2**20)
+    with jax.set_mesh(mesh), sharding.logical_rules(sharding.DEFAULT_RULES):
         train_state = state.init_state(model_fn, tx, layout)
         batch_sharding = sharding.batch_sharding(mesh)
         train_step = step.make_train_step(layout, tx, batch_sharding, seed=0)

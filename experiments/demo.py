@@ -1,12 +1,12 @@
 """Demo: train the small VLA on the embedded procedural pick-up dataset, on CPU.
 
 The main job of the README (`make demo`). The dataset is generated on first use
-into ~/.cache/vla_jax (or $VLA_JAX_CACHE). The policy learns actions as FAST
-tokens in a π0-FAST prompt and is validated by greedy decoding. A default run
-takes about 8.5 minutes on 2 CPU cores and ends with a validation action error
-of about 0.57 times that of always predicting the mean action (the continuous
-head, `--config.model.mode=regression`, reached about 0.39 in 2000 steps at
-peak_lr 1e-3).
+into ~/.cache/vla_jax (or $VLA_JAX_CACHE). The `tiny` policy (SigLIP-style ViT,
+Gemma-style backbone, HiMoE flow-matching expert) learns actions both as FAST
+tokens in a π0-FAST prompt and with the expert; validation reports both the
+expert's samples and greedy FAST decoding. A default run takes about 12
+minutes on 2 CPU cores and ends with a greedy-decoding action error of about
+0.48 times that of always predicting the mean action (the expert: about 0.51).
 
     vla-jax train --config experiments/demo.py --workdir workdirs/demo
 """
@@ -44,7 +44,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.tokenizer.decode_tokens = 20
 
     config.model = presets.model_config("tiny")
-    config.model.mode = "fast"  # FAST action tokens; "flow" or "fast+flow" for the action expert
+    # FAST tokens for the backbone (validated by greedy decoding) and the flow-matching expert beside it.
+    # Trained from scratch, the backbone learns better with the expert's gradient flowing into it
+    # (FAST greedy ratio 0.478 with, 0.602 in "fast" mode alone), so no knowledge insulation here.
+    config.model.mode = "fast+flow"
+    config.model.flow.knowledge_insulation = False
 
     config.optimizer = optimizer_config(
         peak_lr=2e-3, end_lr=1e-5, warmup_steps=50, weight_decay=1e-4

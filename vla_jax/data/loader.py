@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import pathlib
+import queue
+import threading
 from collections.abc import Iterator
 
 import jax
@@ -539,3 +541,46 @@ def action_chunks(
 def to_global_batch(local_batch: dict[str, np.ndarray], sharding: jax.sharding.NamedSharding) -> dict[str, jax.Array]:
     """Assembles each process's rows into global arrays sharded over the batch axis."""
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
+
+
+def prefetch_global_batches(
+    batches: Iterator[dict[str, np.ndarray]], sharding: jax.sharding.NamedSharding, size: int = 2
+) -> Iterator[dict[str, jax.Array]]:
+    """Global batches assembled ``size`` steps ahead on a background thread, in order.
+
+    Taking the next batch from tf.data and placing it on the devices then
+    overlaps with the running step instead of adding to it. An error in the
+    stream is raised at the ``next`` that would have returned its batch.
+    """
+    buffer: queue.Queue = queue.Queue(maxsize=size)
+    stop = threading.Event()
+
+    def fill():
+        try:
+            for local in batches:
+                item = to_global_batch(local, sharding)
+                while not stop.is_set():
+                    try:
+                        buffer.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer
+            buffer.put(error)
+            return
+        buffer.put(StopIteration())
+
+    thread = threading.Thread(target=fill, name="vla_jax-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = buffer.get()
+            if isinstance(item, StopIteration):
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()

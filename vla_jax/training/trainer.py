@@ -443,14 +443,17 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, sto
             data, config.data, global_batch_size=config.batch_size, prompt=prompt, prompt_actions=prompt_actions
         )
         val_global = [loader.to_global_batch(b, batch_sharding) for b in val_local]
-        batches = loader.train_batches(
-            data,
-            config.data,
-            global_batch_size=config.batch_size,
-            seed=config.seed,
-            start_step=start_step,
-            prompt=prompt,
-            prompt_actions=prompt_actions,
+        batches = loader.prefetch_global_batches(
+            loader.train_batches(
+                data,
+                config.data,
+                global_batch_size=config.batch_size,
+                seed=config.seed,
+                start_step=start_step,
+                prompt=prompt,
+                prompt_actions=prompt_actions,
+            ),
+            batch_sharding,
         )
         writer = metrics.MetricsWriter(
             workdir, tensorboard=config.tensorboard, wandb_project=config.wandb_project, config=config.to_dict()
@@ -475,9 +478,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, sto
         try:
             while current < end_step:
                 waited = time.perf_counter()
-                local = next(batches)
+                batch = next(batches)
                 data_wait += time.perf_counter() - waited
-                train_state, step_metrics = train_step(train_state, loader.to_global_batch(local, batch_sharding))
+                train_state, step_metrics = train_step(train_state, batch)
                 current += 1
                 if current % config.log_every == 0 or current == end_step:
                     logged = {k: metrics.to_builtin(v) for k, v in jax.device_get(step_metrics).items()}
