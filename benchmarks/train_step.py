@@ -81,6 +81,7 @@ def host_overhead(steps: int) -> dict:
             return m["loss"]
 
         step_s = best_seconds(one, 10)
+        batches.close()
     return {
         "demo_step_s": round(total / steps, 5),
         "demo_outside_step_s": round(outside / steps, 5),

@@ -44,7 +44,7 @@ def test_config_is_locked_after_loading():
 def test_file_arg_and_missing_file():
     with pytest.raises(ConfigError, match="does not exist"):
         config_lib.load_config("experiments/nope.py")
-    assert debug_config().model.width < config_lib.load_config(DEMO).model.width
+    assert debug_config().model.backbone.width < config_lib.load_config(DEMO).model.backbone.width
 
 
 def test_required_top_level_fields(tmp_path):

@@ -61,7 +61,7 @@ def test_summary_counts_equal_the_built_model(demo_dir):
 def test_summary_from_a_config_file_needs_no_device_of_the_mesh(demo_dir, capsys):
     result = _run_json(capsys, "model", "summary", "--config", "experiments/demo.py", "--mesh", "data=64", "--json")
     assert result["mesh"]["data"] == 64 and result["replicated_fraction"] == 1.0  # data parallel: all replicated
-    assert result["mode"] == "fast" and "action_expert" not in result["params_by_module"]
+    assert result["mode"] == "fast+flow" and result["params_by_module"]["action_expert"] > 0
 
 
 def test_summary_rejects_bad_mesh_and_preset(capsys):

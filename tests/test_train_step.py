@@ -15,7 +15,7 @@ from .conftest import debug_config
 @pytest.fixture(scope="module")
 def demo_batch(demo_dir, tmp_path_factory):
     """One real demo batch of 16 (fast-mode prompts), with its config (full learning rate from step 0)."""
-    config = debug_config("optimizer.warmup_steps=0")
+    config = debug_config("optimizer.warmup_steps=0", "model.mode=fast")  # no flow noise: comparable losses
     run = trainer.setup(config)
     prompt = trainer.prepare_prompt_tokenizer(config, run.data, tmp_path_factory.mktemp("tok"))
     batch = next(loader.train_batches(run.data, config.data, global_batch_size=16, seed=0, prompt=prompt))
@@ -54,7 +54,7 @@ def test_gradient_accumulation_matches_the_full_batch(demo_batch):
 
 def test_frozen_parameters_stay_bit_equal_and_have_no_optimizer_state(demo_batch):
     config, batch = demo_batch
-    frozen = debug_config("optimizer.warmup_steps=0", "optimizer.freeze=^(vit|backbone/layers/0)/")
+    frozen = debug_config("optimizer.warmup_steps=0", "model.mode=fast", "optimizer.freeze=^(vit|backbone/layers/0)/")
     before, after, _ = _one_step(frozen, batch)
     flat_before = dict(jax.tree_util.tree_flatten_with_path(before["params"])[0])
     flat_after = dict(jax.tree_util.tree_flatten_with_path(after["params"])[0])
@@ -70,7 +70,7 @@ def test_frozen_parameters_stay_bit_equal_and_have_no_optimizer_state(demo_batch
 
 def test_ema_follows_the_params(demo_batch):
     config, batch = demo_batch
-    ema_config = debug_config("optimizer.warmup_steps=0", "ema_decay=0.75")
+    ema_config = debug_config("optimizer.warmup_steps=0", "model.mode=fast", "ema_decay=0.75")
     before, after, _ = _one_step(ema_config, batch, ema_decay=0.75)
     expected = jax.tree.map(lambda e, p: 0.75 * e + 0.25 * p, before["ema"], after["params"])
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), after["ema"], expected)

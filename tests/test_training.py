@@ -74,7 +74,7 @@ def test_workdir_contract(full_run):
     assert all("step" in r for r in records)
     assert [r["step"] for r in records if "loss" in r] == [2, 4, 6]
     assert [r["step"] for r in records if "val_action_error" in r] == [3, 6]
-    assert all(0.0 <= r["val_decode_valid_rate"] <= 1.0 for r in records if "val_action_error" in r)
+    assert all(0.0 <= r["val_fast_decode_valid_rate"] <= 1.0 for r in records if "val_action_error" in r)
     assert all(
         0.0 <= r["token_accuracy"] <= 1.0 and r["prompt_truncated_fraction"] == 0.0 for r in records if "loss" in r
     )

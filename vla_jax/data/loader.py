@@ -551,6 +551,8 @@ def prefetch_global_batches(
     Taking the next batch from tf.data and placing it on the devices then
     overlaps with the running step instead of adding to it. An error in the
     stream is raised at the ``next`` that would have returned its batch.
+    Close the generator when done with it (the trainer does), so the thread
+    stops before the process exits.
     """
     buffer: queue.Queue = queue.Queue(maxsize=size)
     stop = threading.Event()
@@ -582,5 +584,6 @@ def prefetch_global_batches(
             if isinstance(item, BaseException):
                 raise item
             yield item
-    finally:
+    finally:  # on close(): let the thread leave tf.data before the interpreter tears it down
         stop.set()
+        thread.join(timeout=60)

@@ -520,6 +520,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, sto
                     break
                 save(current, force=current == end_step)
         finally:
+            batches.close()
             preemption.restore()
             ckpt.wait()
             ckpt.close()
