@@ -117,35 +117,21 @@ def _parse_mesh(text: str) -> dict[str, int]:
 
 
 def _model(args, overrides: list[str]) -> None:
-    import math
-
-    import jax
-
     from vla_jax import config as config_lib
     from vla_jax import sharding
     from vla_jax.models import presets
-    from vla_jax.training import summary
+    from vla_jax.training import summary, trainer
 
+    mesh_shape = _parse_mesh(args.mesh) or None
     if args.preset:
         if overrides:
             raise ConfigError("--config.* overrides need --config, not --preset")
         if args.preset not in presets.PRESETS:
             raise ConfigError(f"unknown preset {args.preset!r}; expected one of {presets.PRESETS}")
-        model_config, io = presets.model_config(args.preset), presets.default_io(args.preset)
-        mesh_shape, rules, fsdp_min_bytes, tx = {"fsdp": -1}, sharding.DEFAULT_RULES, 4 * 2**20, None
+        mesh = sharding.abstract_mesh(mesh_shape or {"fsdp": -1})
+        result = summary.summarize(presets.model_config(args.preset), presets.default_io(args.preset), mesh)
     else:
-        from vla_jax.training import optimizer, trainer
-
-        config = config_lib.load_config(args.config, overrides)
-        model_config, io = config.model, trainer.io_shapes(config)
-        mesh_shape, rules = dict(config.mesh), tuple(tuple(r) for r in config.sharding.rules)
-        fsdp_min_bytes = config.sharding.fsdp_min_bytes
-        tx = optimizer.make_optimizer(config.optimizer, config.num_steps)
-    mesh_shape = _parse_mesh(args.mesh) or mesh_shape
-    # A mesh with a -1 axis spans this machine's devices; a fully given one need not exist here.
-    num_devices = jax.device_count() if -1 in mesh_shape.values() else math.prod(mesh_shape.values())
-    mesh = sharding.abstract_mesh(mesh_shape, num_devices)
-    result = summary.summarize(model_config, io, mesh, rules=rules, fsdp_min_bytes=fsdp_min_bytes, optimizer=tx)
+        result = trainer.summarize_config(config_lib.load_config(args.config, overrides), mesh_shape)
     _print(result, args.json, summary.format_summary(result))
 
 

@@ -70,8 +70,14 @@ def make_mesh(shape: dict[str, int], devices: Sequence[jax.Device] | None = None
     return jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
 
 
-def abstract_mesh(shape: dict[str, int], num_devices: int) -> AbstractMesh:
-    """A mesh of ``num_devices`` that need not exist here: for shardings and memory estimates only."""
+def abstract_mesh(shape: dict[str, int], num_devices: int | None = None) -> AbstractMesh:
+    """A mesh that need not exist here: for shardings and memory estimates only.
+
+    Without ``num_devices``, a mesh with a -1 axis spans this machine's
+    devices and a fully given one is taken as written.
+    """
+    if num_devices is None:
+        num_devices = jax.device_count() if -1 in shape.values() else math.prod(shape.values())
     sizes = mesh_sizes(shape, num_devices)
     return AbstractMesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 

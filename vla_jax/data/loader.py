@@ -235,7 +235,8 @@ def _frames(
 ) -> tf.data.Dataset:
     """One dataset's normalized, chunked frames with images still encoded."""
     spec = source.spec
-    shard = (jax.process_index(), jax.process_count()) if data_config.host_sharding == "files" else (0, 1)
+    files = _check_host_sharding(data_config) == "files"
+    shard = (jax.process_index(), jax.process_count()) if files else (0, 1)
     split = source.train_split if training else source.val_split
     ds = trajectory.from_rlds(
         source.builder,

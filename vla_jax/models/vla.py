@@ -119,8 +119,7 @@ class VLA(nnx.Module):
             image_tokens = self.image_proj(self.vit(batch[f"image_{role}"]))
             pieces.append(image_tokens)
             masks.append(jnp.broadcast_to(batch[f"image_{role}_mask"][:, None], image_tokens.shape[:2]))
-        width = self.embed.shape[1]
-        pieces.append(jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype) * jnp.sqrt(width).astype(self.dtype))
+        pieces.append(self.embed_tokens(tokens))
         masks.append(token_mask)
         x = sharding.constrain(
             jnp.concatenate([p.astype(self.dtype) for p in pieces], axis=1), ("batch", None, "embed")
@@ -129,6 +128,11 @@ class VLA(nnx.Module):
         ar = jnp.concatenate([jnp.zeros(m.shape, bool) for m in masks[:-1]] + [ar_mask], axis=1)
         positions = jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
         return x, mask, ar, positions
+
+    def embed_tokens(self, tokens: jax.Array) -> jax.Array:
+        """Token embeddings scaled by ``sqrt(width)`` (Gemma), in the compute dtype."""
+        width = self.embed.shape[1]
+        return jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype) * jnp.sqrt(width).astype(self.dtype)
 
     def logits(self, x: jax.Array) -> jax.Array:
         """Next-token logits (fp32) from backbone outputs; the output layer is the tied embedding."""
@@ -244,10 +248,12 @@ class VLA(nnx.Module):
             i, tokens, cache, done = carry
             written = jnp.arange(num_tokens)[None, :] <= i
             keys = jnp.concatenate([mask, jnp.broadcast_to(written, (b, num_tokens))], axis=1)
-            embedded = jnp.take(self.embed[...], tokens[:, i][:, None], axis=0).astype(self.dtype)
-            embedded = embedded * jnp.sqrt(self.embed.shape[1]).astype(self.dtype)
             out, cache, _ = self.backbone(
-                embedded, (next_position + i)[:, None], keys[:, None, :], cache=cache, write_at=length + i
+                self.embed_tokens(tokens[:, i][:, None]),
+                (next_position + i)[:, None],
+                keys[:, None, :],
+                cache=cache,
+                write_at=length + i,
             )
             next_id = jnp.argmax(self.logits(out)[:, 0], axis=-1).astype(jnp.int32)
             next_id = jnp.where(done, eos_id, next_id)

@@ -89,20 +89,13 @@ class Checkpointer:
         }
         if "ema" in state:
             items["ema"] = ocp.args.StandardSave(state["ema"])
-        try:  # the previous async save must be done (Orbax would wait anyway); its failure is its own
-            self.manager.wait_until_finished()
-            self._raise_failed_save()
-        except Exception as e:  # noqa: BLE001
-            self._report_failed_save(self._pending, e)
+        self.wait()  # the previous async save must be done (Orbax would wait anyway); its failure is its own
         self._pending = step
         try:
             return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
         except Exception as e:  # noqa: BLE001 - any storage failure: report, keep training
             self._report_failed_save(step, e)
             return False
-
-    def _raise_failed_save(self) -> None:
-        self.manager.check_for_errors()
 
     def _report_failed_save(self, step: int, error: Exception) -> None:
         good = [s for s in self.all_steps() if s != step]
@@ -201,7 +194,7 @@ class Checkpointer:
         """Waits for the pending save; a failure is reported, not raised."""
         try:
             self.manager.wait_until_finished()
-            self._raise_failed_save()
+            self.manager.check_for_errors()
         except Exception as e:  # noqa: BLE001
             self._report_failed_save(self._pending, e)
 

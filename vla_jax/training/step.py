@@ -104,10 +104,6 @@ def make_loss_step(layout: StateLayout, batch_sharding, seed: int = 0):
     return jax.jit(loss_step, in_shardings=(layout.shardings["params"], batch_sharding))
 
 
-def _replicated(batch_sharding):
-    return jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
-
-
 def _targets(batch: dict) -> dict:
     return {"actions": batch["actions"], "weight": action_weight(batch), "dataset_index": batch["dataset_index"]}
 
@@ -126,7 +122,7 @@ def make_sample_step(layout: StateLayout, batch_sharding, seed: int = 0):
     return jax.jit(
         sample_step,
         in_shardings=(layout.shardings["params"], batch_sharding),
-        out_shardings=_replicated(batch_sharding),
+        out_shardings=sharding.replicated(batch_sharding.mesh),
     )
 
 
@@ -144,5 +140,5 @@ def make_generate_step(layout: StateLayout, batch_sharding, num_tokens: int, eos
     return jax.jit(
         generate_step,
         in_shardings=(layout.shardings["params"], batch_sharding),
-        out_shardings=_replicated(batch_sharding),
+        out_shardings=sharding.replicated(batch_sharding.mesh),
     )

@@ -42,6 +42,11 @@ def _inactive_params(model: nnx.Module) -> dict[str, int]:
     return inactive
 
 
+def backbone_tokens(model_config: ml_collections.ConfigDict, io: IOShapes) -> int:
+    """Tokens per example in the backbone: every camera's patches and the prompt."""
+    return len(io.cameras) * (io.image_size // model_config.vit.patch_size) ** 2 + io.text_length
+
+
 def forward_flops(model_config: ml_collections.ConfigDict, io: IOShapes) -> dict[str, int]:
     """Matmul FLOPs (2 per multiply-add) of one example's forward pass, per part; MoE at its active experts."""
     vit, bb, mode = model_config.vit, model_config.backbone, model_config.mode
@@ -50,7 +55,7 @@ def forward_flops(model_config: ml_collections.ConfigDict, io: IOShapes) -> dict
     per_image += vit.depth * (
         2 * patches * (4 * vit.width**2 + 2 * vit.width * vit.mlp_dim) + 4 * patches**2 * vit.width
     )
-    seq = len(io.cameras) * patches + io.text_length
+    seq = backbone_tokens(model_config, io)
     heads, kv, hd = bb.num_heads, bb.num_kv_heads, bb.head_dim
 
     def attention(width: int, queries: int, keys: int) -> int:

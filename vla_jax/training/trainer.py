@@ -37,26 +37,17 @@ def io_shapes(config: ml_collections.ConfigDict, mix: loader.DataMixture | None 
     and ``data.state_dim`` when no mixture is given and both are set (then no
     dataset needs to be on this machine, as for ``vla-jax model summary``).
     """
-    if mix is None:
-        if config.data.action_dim and config.data.state_dim:
-            mix = _Widths(config.data.action_dim, config.data.state_dim)
-        else:
-            mix = loader.open_mixture(config.data)
+    if mix is None and not (config.data.action_dim and config.data.state_dim):
+        mix = loader.open_mixture(config.data)
     return IOShapes(
         cameras=tuple(config.data.cameras),
         image_size=config.data.image_size,
         text_vocab_size=build.model_vocab_size(config.tokenizer),
         text_length=config.tokenizer.max_length,
-        state_dim=mix.state_dim,
-        action_dim=mix.action_dim,
+        state_dim=mix.state_dim if mix else config.data.state_dim,
+        action_dim=mix.action_dim if mix else config.data.action_dim,
         action_horizon=config.data.action_horizon,
     )
-
-
-@dataclasses.dataclass(frozen=True)
-class _Widths:
-    action_dim: int
-    state_dim: int
 
 
 # Config fields that fix the shapes of the train state: a checkpoint made with
@@ -256,6 +247,7 @@ class Setup:
     rules: tuple
     data: loader.DataMixture
     optimizer: optax.GradientTransformation
+    io: IOShapes
     model_fn: Callable[[], VLA]
     layout: state.StateLayout
     batch_sharding: jax.sharding.NamedSharding
@@ -267,11 +259,12 @@ def setup(config: ml_collections.ConfigDict, devices=None) -> Setup:
     rules = tuple(tuple(r) for r in config.sharding.rules)
     data = loader.open_mixture(config.data)
     tx = optimizer.make_optimizer(config.optimizer, config.num_steps)
-    model_fn = functools.partial(build_model, config.model, io_shapes(config, data), config.seed)
+    io = io_shapes(config, data)
+    model_fn = functools.partial(build_model, config.model, io, config.seed)
     with sharding.logical_rules(rules):
         layout = state.make_layout(model_fn, tx, mesh, rules, config.sharding.fsdp_min_bytes, ema=config.ema_decay > 0)
     check_replicated_fraction(config, mesh, layout.replicated_fraction)
-    return Setup(mesh, rules, data, tx, model_fn, layout, sharding.batch_sharding(mesh))
+    return Setup(mesh, rules, data, tx, io, model_fn, layout, sharding.batch_sharding(mesh))
 
 
 def check_replicated_fraction(config: ml_collections.ConfigDict, mesh, fraction: float) -> None:
@@ -285,32 +278,32 @@ def check_replicated_fraction(config: ml_collections.ConfigDict, mesh, fraction:
         )
 
 
-def dry_run(config: ml_collections.ConfigDict) -> dict:
-    """Shapes, FLOPs and the train state's bytes per device for ``config``, from ``jax.eval_shape`` alone.
+def summarize_config(config: ml_collections.ConfigDict, mesh_shape: dict[str, int] | None = None) -> dict:
+    """`vla-jax model summary` of ``config`` on its mesh (or ``mesh_shape``), from shapes alone.
 
-    The mesh need not exist here: a mesh with a -1 axis is sized to this
-    machine's devices, a fully given one is used as written. Nothing is
-    allocated and no dataset is read when ``data.action_dim`` and
-    ``data.state_dim`` are set.
+    The mesh need not exist here (see :func:`sharding.abstract_mesh`). No
+    dataset is read when ``data.action_dim`` and ``data.state_dim`` are set.
     """
-    mesh_shape = dict(config.mesh)
-    num_devices = jax.device_count() if -1 in mesh_shape.values() else int(np.prod(list(mesh_shape.values())))
-    mesh = sharding.abstract_mesh(mesh_shape, num_devices)
-    tx = optimizer.make_optimizer(config.optimizer, config.num_steps)
-    result = summary_lib.summarize(
+    return summary_lib.summarize(
         config.model,
         io_shapes(config),
-        mesh,
+        sharding.abstract_mesh(mesh_shape or dict(config.mesh)),
         rules=tuple(tuple(r) for r in config.sharding.rules),
         fsdp_min_bytes=config.sharding.fsdp_min_bytes,
-        optimizer=tx,
+        optimizer=optimizer.make_optimizer(config.optimizer, config.num_steps),
     )
+
+
+def dry_run(config: ml_collections.ConfigDict) -> dict:
+    """:func:`summarize_config` plus EMA, gradients and examples per device; checks the replicated fraction."""
+    result = summarize_config(config)
+    mesh = sharding.abstract_mesh(dict(config.mesh))
     ema = result["param_bytes_per_device"] if config.ema_decay > 0 else 0
     result["ema_bytes_per_device"] = ema
     # Parameters, optimizer state and EMA live across steps; gradients take one more copy of the params.
     result["state_bytes_per_device"] = result["bytes_per_device"] + ema
     result["peak_bytes_estimate_per_device"] = result["state_bytes_per_device"] + result["param_bytes_per_device"]
-    result["examples_per_device"] = config.batch_size / num_devices / max(config.grad_accum_steps, 1)
+    result["examples_per_device"] = config.batch_size / mesh.size / max(config.grad_accum_steps, 1)
     check_replicated_fraction(config, mesh, result["replicated_fraction"])
     return result
 
@@ -423,9 +416,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, sto
     prompt = prepare_prompt_tokenizer(config, data, workdir)
     tokenizer_files = {p.name: p.read_bytes() for p in sorted((workdir / TOKENIZER_DIR).iterdir())}
     prompt_actions = uses_fast(config.model.mode)  # flow mode's prompts have no action postfix
-    io = io_shapes(config, data)
+    io = run.io
     flops_per_example = 3 * sum(summary_lib.forward_flops(config.model, io).values())
-    tokens_per_example = len(io.cameras) * (io.image_size // config.model.vit.patch_size) ** 2 + io.text_length
+    tokens_per_example = summary_lib.backbone_tokens(config.model, io)
     peak = device_peak_flops(config)
     with sharding.logical_rules(rules), jax.set_mesh(mesh):
         train_step = step.make_train_step(
