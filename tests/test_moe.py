@@ -11,7 +11,8 @@ from vla_jax.models.presets import model_config
 
 def _moe_config(dispatch: str, capacity: float = 1.25):
     config = model_config("tiny").expert
-    config.moe.dispatch = dispatch
+    config.moe.as_dispatch = dispatch
+    config.moe.hb_dispatch = dispatch
     config.moe.as_capacity_factor = capacity
     config.moe.hb_capacity_factor = capacity
     return config
@@ -48,22 +49,66 @@ def test_dispatches_agree_when_nothing_is_dropped(kind):
     dense = _block(kind, "dense", 1.0)
     scatter = _block(kind, "capacity", 8.0)  # capacity >= every assignment: nothing can drop
     nnx.update(scatter, nnx.state(dense))
+    ragged = _block(kind, "ragged", 0.25)  # the capacity factor does not apply: nothing drops
+    nnx.update(ragged, nnx.state(dense))
     y_dense, aux_dense = dense(x, routing)
-    y_scatter, aux_scatter = scatter(x, routing)
-    np.testing.assert_allclose(np.asarray(y_scatter), np.asarray(y_dense), rtol=2e-5, atol=2e-5)
-    assert float(aux_scatter[f"{kind}_dropped_fraction"]) == 0.0
-    np.testing.assert_allclose(float(aux_scatter["loss"]), float(aux_dense["loss"]), rtol=1e-6)
-    # Grouped per device on an 8-device batch mesh: still the same result.
     mesh = sharding.make_mesh({"data": 8})
-    with jax.set_mesh(mesh):
-        y_grouped, _ = jax.jit(lambda x, r: scatter(x, r))(x, routing)
-    np.testing.assert_allclose(np.asarray(y_grouped), np.asarray(y_dense), rtol=2e-5, atol=2e-5)
+    for block in (scatter, ragged):
+        y, aux = block(x, routing)
+        np.testing.assert_allclose(np.asarray(y), np.asarray(y_dense), rtol=2e-5, atol=2e-5)
+        assert float(aux[f"{kind}_dropped_fraction"]) == 0.0
+        np.testing.assert_allclose(float(aux["loss"]), float(aux_dense["loss"]), rtol=1e-6)
+        # Grouped per device on an 8-device batch mesh: still the same result.
+        with jax.set_mesh(mesh):
+            y_grouped, _ = jax.jit(lambda x, r, block=block: block(x, r))(x, routing)
+        np.testing.assert_allclose(np.asarray(y_grouped), np.asarray(y_dense), rtol=2e-5, atol=2e-5)
     # A tight capacity drops assignments and says so.
     tight = _block(kind, "capacity", 0.25)
     nnx.update(tight, nnx.state(dense))
     y_tight, aux_tight = tight(x, routing)
     assert float(aux_tight[f"{kind}_dropped_fraction"]) > 0.1
     assert not np.allclose(np.asarray(y_tight), np.asarray(y_dense), atol=1e-3)
+
+
+def test_ragged_dispatch_matches_dense_in_value_and_gradient_with_padding():
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.normal(size=(8, 6, 64)), jnp.float32)
+    routing = _routing(rng, batch=8, tokens=6)
+    routing["token_weight"] = routing["token_weight"].at[:, 4:].set(0.0)
+    mesh = sharding.make_mesh({"data": 8})
+    for kind in ("hb", "as"):
+        dense, ragged = _block(kind, "dense", 1.0), _block(kind, "ragged", 1.0)
+        nnx.update(ragged, nnx.state(dense))
+
+        def loss(block, x):
+            y, aux = block(x, routing)
+            return jnp.sum(jnp.square(y[:, :4])) + aux["loss"]
+
+        grad = nnx.grad(loss, argnums=(0, 1))
+        want_params, want_x = grad(dense, x)
+        with jax.set_mesh(mesh):  # one shard_map group per device
+            sharded = jax.jit(grad)(ragged, x)
+        for got_params, got_x in (grad(ragged, x), sharded):
+            np.testing.assert_allclose(np.asarray(got_x), np.asarray(want_x), rtol=1e-4, atol=1e-5)
+            for (path, want), (_, got) in zip(nnx.to_flat_state(want_params), nnx.to_flat_state(got_params)):
+                np.testing.assert_allclose(
+                    np.asarray(got[...]), np.asarray(want[...]), rtol=1e-4, atol=1e-5, err_msg=path
+                )
+        np.testing.assert_allclose(float(loss(ragged, x)), float(loss(dense, x)), rtol=1e-5)
+        # Padding tokens are routed nowhere: only the shared expert (HB) gives them an output.
+        y, _ = ragged(x, routing)
+        shared = ragged.shared(x)[:, 4:] if kind == "hb" else jnp.zeros_like(y[:, 4:])
+        np.testing.assert_array_equal(np.asarray(y[:, 4:]), np.asarray(shared))
+
+
+def test_unknown_dispatch_is_named_in_the_error():
+    from vla_jax.models.action_expert import ActionExpert
+
+    config = model_config("tiny")
+    config.expert.moe.hb_dispatch = "sparse"
+    error = pytest.raises(ValueError, match=r"model\.expert\.moe\.hb_dispatch.*'sparse'")
+    with error, nnx.use_eager_sharding(False):
+        ActionExpert(config.expert, config.backbone, action_dim=6, num_action_spaces=7, rngs=nnx.Rngs(params=0))
 
 
 def test_capacity_dispatch_drops_padding_tokens_without_using_capacity():

@@ -163,15 +163,18 @@ def replicated_fraction(abstract_params, shardings) -> float:
     return replicated_bytes / max(total, 1)
 
 
+def batch_devices() -> int:
+    """How many devices the batch axes of the current mesh hold (1 outside a mesh)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return 1 if mesh.empty else math.prod(mesh.shape[a] for a in BATCH_AXES)
+
+
 def batch_groups(batch_size: int) -> int:
     """How many devices the batch axis is split over in the current mesh (1 outside a mesh).
 
     Per-device work such as MoE capacity dispatch is grouped by this number.
     """
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty:
-        return 1
-    return math.gcd(batch_size, math.prod(mesh.shape[a] for a in BATCH_AXES))
+    return math.gcd(batch_size, batch_devices())
 
 
 def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:

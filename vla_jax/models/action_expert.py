@@ -38,10 +38,11 @@ class ActionExpert(nnx.Module):
             raise ValueError(
                 f"config key 'model.expert.plan' has {len(plan)} entries; the backbone has {backbone.depth} layers"
             )
-        if expert.moe.dispatch not in moe.DISPATCHES:
-            raise ValueError(
-                f"config key 'model.expert.moe.dispatch' is {expert.moe.dispatch!r}; expected one of {moe.DISPATCHES}"
-            )
+        for key in ("as_dispatch", "hb_dispatch"):
+            if expert.moe[key] not in moe.DISPATCHES:
+                raise ValueError(
+                    f"config key 'model.expert.moe.{key}' is {expert.moe[key]!r}; expected one of {moe.DISPATCHES}"
+                )
         width = expert.width
         ffns = [
             moe.build_ffn(

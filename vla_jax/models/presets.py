@@ -16,7 +16,10 @@ PRESETS = ("tiny", "small", "paligemma_himoe")
 
 def _moe(**overrides) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.dispatch = "capacity"  # "dense" (every expert on every token; the reference) or "capacity"
+    # Dispatch per block kind (vla_jax.models.moe): "dense" (every expert on every token; the reference),
+    # "capacity" (fixed per-expert buffers; overflow is dropped) or "ragged" (sorted grouped matmuls; fast on TPU).
+    c.as_dispatch = "capacity"
+    c.hb_dispatch = "capacity"
     c.as_experts = 3
     c.as_mlp_dim = 4096
     c.as_capacity_factor = 2.0  # AS routing follows the data mixture, so its load is uneven by design
@@ -74,7 +77,8 @@ def model_config(name: str) -> ml_collections.ConfigDict:
             vit=dict(patch_size=14, width=1152, depth=27, num_heads=16, mlp_dim=4304),
             backbone=dict(width=2048, depth=18, num_heads=8, num_kv_heads=1, head_dim=256, mlp_dim=16384),
             expert=dict(width=1024, mlp_dim=4096),
-            moe=dict(),
+            # AS load follows the data mixture (one action space can be most of a batch): dropless on TPU pods.
+            moe=dict(as_dispatch="ragged"),
         )
     raise ValueError(f"unknown model preset {name!r}; expected one of {PRESETS}")
 
