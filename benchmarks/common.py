@@ -24,6 +24,25 @@ def best_seconds(fn, repeats: int) -> float:
     return best
 
 
+def interleaved_best_seconds(fns: dict, rounds: int) -> dict:
+    """Fastest call of each of ``fns`` (name -> fn), timed in turn round after round.
+
+    On a shared, noisy machine, taking turns puts every variant under the same
+    load, so their ratios hold even when absolute times drift.
+    """
+    import jax
+
+    for fn in fns.values():
+        jax.block_until_ready(fn())
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
 def matmul_flops_per_s(size: int = 2048, repeats: int = 5) -> float:
     """FLOP/s of a jitted ``size x size`` fp32 matmul on the default device: this machine's dense peak."""
     import jax

@@ -6,14 +6,19 @@ Measured in one process on this machine:
   of the ``small`` preset's action expert with its HiMoE plan and the
   configured dispatch (``capacity``), over the same expert made dense with the
   same active parameters per token (each MoE layer becomes one gated MLP as
-  wide as the experts a token uses). Target <= 1.15. The same ratio with the
-  reference ``dense`` dispatch (every expert on every token) is reported too,
-  as is the fraction of assignments the capacity dispatch dropped.
+  wide as the experts a token uses). Target <= 1.15. Each variant is timed in
+  turn with the dense expert, round after round, so both share the load.
+- Where the ratio comes from: ``himoe_vs_dense_flops_ratio`` (the compiled
+  steps' FLOPs: capacity padding and routers), the same time ratio with only
+  the AS or only the HB layers as MoE, and with the other dispatches:
+  ``dense`` (every expert on every token, the reference) and ``ragged``
+  (sorted grouped matmuls; XLA expands them to every expert except on TPU).
+  The fraction of assignments the capacity dispatch dropped is reported too.
 - ``step_flops_fraction_of_matmul_peak``: model FLOPs of a whole ``small``
   training step (``vla_jax.training.summary``, active experts only) per second,
   over the FLOP/s of a large fp32 matmul measured here.
 
-    python benchmarks/moe_step.py [--batch 32] [--context 128] [--repeats 5] [--model-batch 2]
+    python benchmarks/moe_step.py [--batch 32] [--context 128] [--repeats 8] [--model-batch 2]
 
 Prints one JSON object.
 """
@@ -24,13 +29,13 @@ import argparse
 import json
 import sys
 
-from common import best_seconds, preset_step_flops_fraction
+from common import interleaved_best_seconds, preset_step_flops_fraction
 
 ACTION_DIM = 24
 
 
-def _build_expert(expert_config, backbone_config, dense_equivalent: bool):
-    """The action expert; with ``dense_equivalent`` each MoE layer is one gated MLP of its active width."""
+def _build_expert(expert_config, backbone_config, dense_kinds: tuple[str, ...] = ()):
+    """The action expert; each MoE layer of a kind in ``dense_kinds`` becomes one gated MLP of its active width."""
     from flax import nnx
 
     from vla_jax.models import moe
@@ -39,17 +44,16 @@ def _build_expert(expert_config, backbone_config, dense_equivalent: bool):
     rngs = nnx.Rngs(params=0)
     with nnx.use_eager_sharding(False):
         expert = ActionExpert(expert_config, backbone_config, action_dim=ACTION_DIM, num_action_spaces=7, rngs=rngs)
-        if dense_equivalent:
-            cfg = expert_config.moe
-            active = {"as": cfg.as_mlp_dim, "hb": cfg.hb_top_k * cfg.hb_mlp_dim + cfg.hb_shared_mlp_dim}
-            for layer, kind in zip(expert.decoder.layers, expert.plan):
-                if kind in active:
-                    layer.ffn = moe.DenseFFN(expert_config.width, active[kind], activation="swish", rngs=rngs)
+        cfg = expert_config.moe
+        active = {"as": cfg.as_mlp_dim, "hb": cfg.hb_top_k * cfg.hb_mlp_dim + cfg.hb_shared_mlp_dim}
+        for layer, kind in zip(expert.decoder.layers, expert.plan):
+            if kind in dense_kinds:
+                layer.ffn = moe.DenseFFN(expert_config.width, active[kind], activation="swish", rngs=rngs)
     return expert
 
 
 def _expert_step(expert, backbone_config, batch: int, context: int, horizon: int = 10):
-    """A jitted grad step of the action expert on random inputs; returns (step fn, dropped fraction)."""
+    """A jitted grad step of the action expert on random inputs; returns (step fn, dropped fraction, FLOPs)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -86,15 +90,16 @@ def _expert_step(expert, backbone_config, batch: int, context: int, horizon: int
         return jnp.mean(jnp.square(velocity - inputs["target"])) + aux, jnp.mean(jnp.stack(dropped)) if dropped else 0.0
 
     step = jax.jit(jax.value_and_grad(loss, has_aux=True))
+    flops = step.lower(params).compile().cost_analysis()["flops"]
     (_, dropped), _ = step(params)
-    return lambda: step(params), float(dropped)
+    return lambda: step(params), float(dropped), flops
 
 
 def main(argv: list[str]) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=32, help="samples per expert step (x10 action tokens)")
     parser.add_argument("--context", type=int, default=128, help="prefix tokens the expert attends to")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=8, help="timing rounds (every variant once per round)")
     parser.add_argument("--model-batch", type=int, default=2, help="examples per whole-model `small` step")
     parser.add_argument("--matmul-size", type=int, default=2048)
     args = parser.parse_args(argv)
@@ -108,21 +113,34 @@ def main(argv: list[str]) -> dict:
     plan = moe.default_plan(backbone.depth)
     results = {"device": jax.devices()[0].device_kind, "plan": "".join(k[0] for k in plan)}
 
-    times = {}
-    for name, dispatch, dense in (
-        ("himoe", "capacity", False),
-        ("himoe_dense_dispatch", "dense", False),
-        ("dense", "dense", True),
-    ):
+    variants = {  # name: (AS dispatch, HB dispatch, kinds made dense)
+        "dense": ("capacity", "capacity", ("as", "hb")),
+        "himoe": ("capacity", "capacity", ()),
+        "himoe_as_only": ("capacity", "capacity", ("hb",)),
+        "himoe_hb_only": ("capacity", "capacity", ("as",)),
+        "himoe_dense_dispatch": ("dense", "dense", ()),
+        "himoe_ragged": ("ragged", "ragged", ()),
+    }
+    steps, flops = {}, {}
+    for name, (as_dispatch, hb_dispatch, dense_kinds) in variants.items():
         config = expert.copy_and_resolve_references()
-        config.moe.dispatch = dispatch
-        step, dropped = _expert_step(_build_expert(config, backbone, dense), backbone, args.batch, args.context)
-        times[name] = best_seconds(step, args.repeats)
-        if not dense:
-            results[f"{name}_dropped_fraction"] = round(dropped, 4)
-    results["expert_step_s"] = {k: round(v, 4) for k, v in times.items()}
-    results["himoe_vs_dense_step_ratio"] = round(times["himoe"] / times["dense"], 3)
-    results["himoe_dense_dispatch_vs_dense_step_ratio"] = round(times["himoe_dense_dispatch"] / times["dense"], 3)
+        config.moe.as_dispatch, config.moe.hb_dispatch = as_dispatch, hb_dispatch
+        built = _build_expert(config, backbone, dense_kinds)
+        steps[name], dropped, flops[name] = _expert_step(built, backbone, args.batch, args.context)
+        if name == "himoe":
+            results["himoe_dropped_fraction"] = round(dropped, 4)
+    # Each comparison is timed in turn with the dense expert alone, so a slow variant does not load its neighbours.
+    ratios, times = {}, {}
+    for name in variants:
+        if name != "dense":
+            pair = interleaved_best_seconds({"dense": steps["dense"], name: steps[name]}, args.repeats)
+            ratios[name] = round(pair[name] / pair["dense"], 3)
+            times[name], times[f"dense_beside_{name}"] = round(pair[name], 4), round(pair["dense"], 4)
+    results["expert_step_s"] = times
+    results["himoe_vs_dense_step_ratio"] = ratios["himoe"]
+    results["himoe_vs_dense_flops_ratio"] = round(flops["himoe"] / flops["dense"], 3)
+    results["step_ratio_vs_dense"] = ratios
+    results["flops_ratio_vs_dense"] = {k: round(flops[k] / flops["dense"], 3) for k in ratios}
 
     # Whole `small` training step (the trainer's own step): model FLOPs per second over the matmul peak.
     whole = preset_step_flops_fraction("small", args.model_batch, max(2, args.repeats // 2), args.matmul_size)

@@ -104,3 +104,29 @@ def test_bad_optimizer_settings_are_config_errors():
         optimizer.learning_rate_schedule(optimizer.optimizer_config(schedule="linear"), 10)
     with pytest.raises(ConfigError, match="optimizer.freeze"):
         optimizer.make_optimizer(optimizer.optimizer_config(freeze="(vit"), 10)
+
+
+def test_ragged_dispatch_trains_like_capacity_on_an_fsdp_mesh(demo_batch):
+    _, batch = demo_batch
+    sgd = optax.sgd(1.0)  # params_after = params - grads
+    common = (
+        "optimizer.warmup_steps=0",
+        "mesh.data=1",
+        "mesh.fsdp=8",
+        "sharding.fsdp_min_bytes=0",
+        'model.expert.plan=("as", "hb")',
+        "model.expert.moe.as_capacity_factor=8.0",  # room for every assignment: capacity drops nothing
+        "model.expert.moe.hb_capacity_factor=8.0",
+    )
+    runs = {}
+    for dispatch in ("capacity", "ragged"):
+        kinds = (f"model.expert.moe.as_dispatch={dispatch}", f"model.expert.moe.hb_dispatch={dispatch}")
+        runs[dispatch] = _one_step(debug_config(*common, *kinds), batch, sgd)
+    (before, _, capacity_metrics), (_, _, ragged_metrics) = runs["capacity"], runs["ragged"]
+    assert capacity_metrics["moe_hb_dropped_fraction"] == 0.0 and ragged_metrics["moe_as_dropped_fraction"] == 0.0
+    np.testing.assert_allclose(ragged_metrics["loss"], capacity_metrics["loss"], rtol=1e-5)
+    grads = {k: jax.tree.map(np.subtract, before["params"], run[1]["params"]) for k, run in runs.items()}
+    assert float(optax.tree.norm(grads["ragged"]["action_expert"])) > 0
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6), grads["ragged"], grads["capacity"]
+    )
