@@ -37,6 +37,7 @@ import numpy as np
 from flax import nnx
 
 from vla_jax import sharding
+from vla_jax.models import grouped
 from vla_jax.models.layers import ACTIVATIONS, GatedMLP, param
 
 KINDS = ("dense", "as", "hb")
@@ -143,8 +144,11 @@ def _group_ragged(activation: str, expert_weights, x, ids, weights, valid):
     ok = valid[token]
     order = jnp.argsort(jnp.where(ok, flat_ids, num), stable=True)
     group_sizes = jnp.sum(jax.nn.one_hot(flat_ids, num, dtype=jnp.int32) * ok[:, None], axis=0)
-    grouped = lambda a, w: jax.lax.ragged_dot(a, w, group_sizes)  # noqa: E731
-    out = gated_mlp(activation, expert_weights, x[token[order]], grouped)
+    rows = x[token[order]]
+    if jax.default_backend() == "tpu":
+        out = gated_mlp(activation, expert_weights, rows, lambda a, w: jax.lax.ragged_dot(a, w, group_sizes))
+    else:  # XLA expands ragged_dot to every expert here; ranked buffers do ~H(E) x the rows instead of E x
+        out = grouped.gated_mlp(rows, group_sizes, tuple(expert_weights), activation)
     unsorted = out[jnp.argsort(order)] * (ok * weights.T.reshape(-1))[:, None].astype(out.dtype)
     return unsorted.reshape(k, tokens, -1).sum(0)
 
