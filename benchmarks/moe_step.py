@@ -3,17 +3,18 @@
 Measured in one process on this machine:
 
 - ``himoe_vs_dense_step_ratio``: time of a training step (forward + backward)
-  of the ``small`` preset's action expert with its HiMoE plan and the
-  configured dispatch (``capacity``), over the same expert made dense with the
-  same active parameters per token (each MoE layer becomes one gated MLP as
-  wide as the experts a token uses). Target <= 1.15. Each variant is timed in
-  turn with the dense expert, round after round, so both share the load.
+  of the ``small`` preset's action expert with its HiMoE plan and the preset's
+  dispatch (AS ``ragged``: dropless; HB ``capacity``), over the same expert
+  made dense with the same active parameters per token (each MoE layer becomes
+  one gated MLP as wide as the experts a token uses). Target <= 1.15. Each
+  variant is timed in turn with the dense expert, round after round, so both
+  share the load.
 - Where the ratio comes from: ``himoe_vs_dense_flops_ratio`` (the compiled
-  steps' FLOPs: capacity padding and routers), the same time ratio with only
-  the AS or only the HB layers as MoE, and with the other dispatches:
-  ``dense`` (every expert on every token, the reference) and ``ragged``
-  (sorted grouped matmuls; XLA expands them to every expert except on TPU).
-  The fraction of assignments the capacity dispatch dropped is reported too.
+  steps' FLOPs: dispatch buffers and routers), the same time ratio with only
+  the AS or only the HB layers as MoE, and with other dispatches: AS
+  ``capacity`` (factor 2.0; drops what does not fit), ``dense`` everywhere
+  (every expert on every token, the reference) and ``ragged`` everywhere. The
+  fraction of assignments each variant dropped is reported too.
 - ``step_flops_fraction_of_matmul_peak``: model FLOPs of a whole ``small``
   training step (``vla_jax.training.summary``, active experts only) per second,
   over the FLOP/s of a large fp32 matmul measured here.
@@ -113,22 +114,24 @@ def main(argv: list[str]) -> dict:
     plan = moe.default_plan(backbone.depth)
     results = {"device": jax.devices()[0].device_kind, "plan": "".join(k[0] for k in plan)}
 
-    variants = {  # name: (AS dispatch, HB dispatch, kinds made dense)
-        "dense": ("capacity", "capacity", ("as", "hb")),
-        "himoe": ("capacity", "capacity", ()),
-        "himoe_as_only": ("capacity", "capacity", ("hb",)),
-        "himoe_hb_only": ("capacity", "capacity", ("as",)),
+    variants = {  # name: (AS dispatch, HB dispatch, kinds made dense); the preset's own dispatch first
+        "dense": (expert.moe.as_dispatch, expert.moe.hb_dispatch, ("as", "hb")),
+        "himoe": (expert.moe.as_dispatch, expert.moe.hb_dispatch, ()),
+        "himoe_as_only": (expert.moe.as_dispatch, expert.moe.hb_dispatch, ("hb",)),
+        "himoe_hb_only": (expert.moe.as_dispatch, expert.moe.hb_dispatch, ("as",)),
+        "himoe_as_capacity": ("capacity", expert.moe.hb_dispatch, ()),
         "himoe_dense_dispatch": ("dense", "dense", ()),
-        "himoe_ragged": ("ragged", "ragged", ()),
+        "himoe_all_ragged": ("ragged", "ragged", ()),
     }
-    steps, flops = {}, {}
+    steps, flops, dropped = {}, {}, {}
     for name, (as_dispatch, hb_dispatch, dense_kinds) in variants.items():
         config = expert.copy_and_resolve_references()
         config.moe.as_dispatch, config.moe.hb_dispatch = as_dispatch, hb_dispatch
         built = _build_expert(config, backbone, dense_kinds)
-        steps[name], dropped, flops[name] = _expert_step(built, backbone, args.batch, args.context)
-        if name == "himoe":
-            results["himoe_dropped_fraction"] = round(dropped, 4)
+        steps[name], dropped[name], flops[name] = _expert_step(built, backbone, args.batch, args.context)
+    results["dispatch"] = {"as": expert.moe.as_dispatch, "hb": expert.moe.hb_dispatch}
+    results["himoe_dropped_fraction"] = round(dropped["himoe"], 4)
+    results["dropped_fraction"] = {k: round(v, 4) for k, v in dropped.items() if k != "dense"}
     # Each comparison is timed in turn with the dense expert alone, so a slow variant does not load its neighbours.
     ratios, times = {}, {}
     for name in variants:

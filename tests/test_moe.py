@@ -175,3 +175,64 @@ def test_load_balancing_loss_is_minimal_for_uniform_routing():
     skewed_padding = balanced_ids.at[:, tokens // 2 :].set(0)
     half = valid.at[:, tokens // 2 :].set(False)
     np.testing.assert_allclose(float(moe.load_balancing(uniform_probs, skewed_padding, half)[0]), 1.0, rtol=1e-6)
+
+
+def test_preset_as_dispatch_keeps_every_token_of_a_single_action_space_batch():
+    # One embodiment (e.g. Bridge V2): AS routing sends every sample to the same expert.
+    rng = np.random.default_rng(5)
+    routing = _routing(rng, batch=12, tokens=5)
+    routing["action_space"] = jnp.zeros(12, jnp.int32)
+    routing["action_dim_mask"] = jnp.ones((12, 6), bool)
+    x = jnp.asarray(rng.normal(size=(12, 5, 64)), jnp.float32)
+    cfg = model_config("small").expert  # the presets meant for real data (tiny keeps the demo's capacity)
+    assert cfg.moe.as_dispatch == model_config("paligemma_himoe").expert.moe.as_dispatch == "ragged"
+    with nnx.use_eager_sharding(False):
+        preset = moe.build_ffn("as", 64, cfg, num_spaces=7, action_dim=6, rngs=nnx.Rngs(params=0), dtype=jnp.float32)
+    reference = _block("as", "dense", 1.0)
+    capacity = _block("as", "capacity", cfg.moe.as_capacity_factor)
+    nnx.update(reference, nnx.state(preset))
+    nnx.update(capacity, nnx.state(preset))
+    y, aux = preset(x, routing)
+    assert float(aux["as_dropped_fraction"]) == 0.0
+    np.testing.assert_allclose(np.asarray(y), np.asarray(reference(x, routing)[0]), rtol=2e-5, atol=2e-5)
+    # A capacity of 2x the even share holds 2/3 of the batch: the rest would be dropped.
+    _, capacity_aux = capacity(x, routing)
+    np.testing.assert_allclose(float(capacity_aux["as_dropped_fraction"]), 1 - 40 / 60, atol=1e-6)
+
+
+def test_ranked_buffers_match_a_per_row_reference_for_any_group_sizes():
+    from vla_jax.models import grouped
+
+    rng = np.random.default_rng(6)
+    rows, width, hidden, num = 23, 8, 12, 3
+    x = jnp.asarray(rng.normal(size=(rows, width)), jnp.float32)
+    weights = tuple(
+        jnp.asarray(rng.normal(size=s) / 3, jnp.float32)
+        for s in [(num, width, hidden), (num, width, hidden), (num, hidden, width)]
+    )
+    cotangent = jnp.asarray(rng.normal(size=(rows, width)), jnp.float32)
+
+    def reference(x, weights, sizes):
+        ids = np.repeat(np.arange(num + 1), [*sizes, rows - sum(sizes)])  # num: padding rows
+        per_expert = [moe.gated_mlp("swish", [w[e] for w in weights], x, jnp.dot) for e in range(num)]
+        return sum(jnp.where(jnp.asarray(ids == e)[:, None], per_expert[e], 0.0) for e in range(num))
+
+    # Groups of every shape: one expert takes all, an empty expert, uniform, padding rows at the end.
+    for sizes in ([23, 0, 0], [0, 23, 0], [2, 1, 20], [8, 8, 7], [5, 0, 3], [0, 0, 0]):
+        group_sizes = jnp.asarray(sizes, jnp.int32)
+
+        def ranked(x, w, group_sizes=group_sizes):
+            return grouped.gated_mlp(x, group_sizes, w, "swish")
+
+        def ranked_loss(x, w, ranked=ranked):
+            return jnp.sum(ranked(x, w) * cotangent)
+
+        def reference_loss(x, w, sizes=sizes):
+            return jnp.sum(reference(x, w, sizes) * cotangent)
+
+        want = reference(x, weights, sizes)
+        np.testing.assert_allclose(np.asarray(jax.jit(ranked)(x, weights)), np.asarray(want), rtol=1e-5, atol=1e-5)
+        got_grads = jax.grad(ranked_loss, argnums=(0, 1))(x, weights)
+        want_grads = jax.grad(reference_loss, argnums=(0, 1))(x, weights)
+        for got, want in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
+            np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-5, err_msg=str(sizes))

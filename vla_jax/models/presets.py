@@ -17,12 +17,14 @@ PRESETS = ("tiny", "small", "paligemma_himoe")
 def _moe(**overrides) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     # Dispatch per block kind (vla_jax.models.moe): "dense" (every expert on every token; the reference),
-    # "capacity" (fixed per-expert buffers; overflow is dropped) or "ragged" (sorted grouped matmuls; fast on TPU).
-    c.as_dispatch = "capacity"
+    # "capacity" (fixed per-expert buffers; overflow is dropped) or "ragged" (dropless: sorted grouped matmuls
+    # on TPU, ranked buffers elsewhere). AS routing follows the action space, so one expert gets most of a
+    # batch (all of it on a single-embodiment dataset): capacity would drop a third of it, so AS is dropless.
+    c.as_dispatch = "ragged"
     c.hb_dispatch = "capacity"
     c.as_experts = 3
     c.as_mlp_dim = 4096
-    c.as_capacity_factor = 2.0  # AS routing follows the data mixture, so its load is uneven by design
+    c.as_capacity_factor = 2.0  # used only with as_dispatch="capacity"
     c.as_reg_weight = 0.002  # per layer
     c.as_reg_temperature = 0.1
     c.hb_experts = 32
@@ -60,7 +62,10 @@ def model_config(name: str) -> ml_collections.ConfigDict:
             vit=dict(patch_size=16, width=64, depth=1, num_heads=2, mlp_dim=128),
             backbone=dict(width=128, depth=4, num_heads=4, num_kv_heads=1, head_dim=32, mlp_dim=256),
             expert=dict(width=64, mlp_dim=128),
-            moe=dict(as_mlp_dim=128, hb_experts=4, hb_mlp_dim=32, hb_top_k=2, hb_shared_mlp_dim=32),
+            # The demo's figures (benchmarks/RESULTS.md) were measured with capacity AS dispatch; kept until rerun.
+            moe=dict(
+                as_dispatch="capacity", as_mlp_dim=128, hb_experts=4, hb_mlp_dim=32, hb_top_k=2, hb_shared_mlp_dim=32
+            ),
         )
     if name == "small":
         return _config(
@@ -77,8 +82,7 @@ def model_config(name: str) -> ml_collections.ConfigDict:
             vit=dict(patch_size=14, width=1152, depth=27, num_heads=16, mlp_dim=4304),
             backbone=dict(width=2048, depth=18, num_heads=8, num_kv_heads=1, head_dim=256, mlp_dim=16384),
             expert=dict(width=1024, mlp_dim=4096),
-            # AS load follows the data mixture (one action space can be most of a batch): dropless on TPU pods.
-            moe=dict(as_dispatch="ragged"),
+            moe=dict(),
         )
     raise ValueError(f"unknown model preset {name!r}; expected one of {PRESETS}")
 
