@@ -38,11 +38,6 @@ def rank_capacities(rows: int, num_experts: int) -> tuple[int, ...]:
     return tuple(math.ceil(rows / k) for k in range(1, num_experts + 1))
 
 
-def gated_mlp(x: jax.Array, group_sizes: jax.Array, weights: Weights, activation: str) -> jax.Array:
-    """Per-row expert gated MLP of ``x [M, D]`` sorted by expert; see the module docstring."""
-    return _gated_mlp(x, group_sizes, weights, activation)
-
-
 def _vma(a: jax.Array) -> frozenset:
     """The mesh axes ``a`` varies over inside ``shard_map`` (empty outside)."""
     manual = getattr(jax.typeof(a), "manual_axis_type", None)
@@ -50,7 +45,8 @@ def _vma(a: jax.Array) -> frozenset:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _gated_mlp(x: jax.Array, group_sizes: jax.Array, weights: Weights, activation: str) -> jax.Array:
+def gated_mlp(x: jax.Array, group_sizes: jax.Array, weights: Weights, activation: str) -> jax.Array:
+    """Per-row expert gated MLP of ``x [M, D]`` sorted by expert; see the module docstring."""
     return _forward(x, group_sizes, weights, activation)[0]
 
 
@@ -145,4 +141,4 @@ def _backward(activation, residuals, dy):
     return layout.join(dxs), None, tuple(grads)
 
 
-_gated_mlp.defvjp(_forward, _backward)
+gated_mlp.defvjp(_forward, _backward)
