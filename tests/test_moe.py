@@ -6,7 +6,7 @@ from flax import nnx
 
 from vla_jax import sharding
 from vla_jax.models import moe
-from vla_jax.models.presets import model_config
+from vla_jax.models.presets import PRESETS, model_config
 
 
 def _moe_config(dispatch: str, capacity: float = 1.25):
@@ -184,8 +184,8 @@ def test_preset_as_dispatch_keeps_every_token_of_a_single_action_space_batch():
     routing["action_space"] = jnp.zeros(12, jnp.int32)
     routing["action_dim_mask"] = jnp.ones((12, 6), bool)
     x = jnp.asarray(rng.normal(size=(12, 5, 64)), jnp.float32)
-    cfg = model_config("small").expert  # the presets meant for real data (tiny keeps the demo's capacity)
-    assert cfg.moe.as_dispatch == model_config("paligemma_himoe").expert.moe.as_dispatch == "ragged"
+    cfg = model_config("small").expert
+    assert {model_config(name).expert.moe.as_dispatch for name in PRESETS} == {"ragged"}
     with nnx.use_eager_sharding(False):
         preset = moe.build_ffn("as", 64, cfg, num_spaces=7, action_dim=6, rngs=nnx.Rngs(params=0), dtype=jnp.float32)
     reference = _block("as", "dense", 1.0)

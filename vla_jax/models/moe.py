@@ -184,6 +184,11 @@ def _ragged_dispatch(experts: Experts, x, ids, weights, valid) -> jax.Array:
     return per_device(x, ids, weights, valid, experts.weights())
 
 
+def expert_capacity(tokens: int, top_k: int, num_experts: int, capacity_factor: float) -> int:
+    """Buffer rows per expert for a group of ``tokens``: ``capacity_factor`` times the even share of assignments."""
+    return max(1, math.ceil(capacity_factor * tokens * top_k / num_experts))
+
+
 def dispatch(experts: Experts, x, ids, weights, valid, *, method: str, capacity_factor: float):
     """Runs the experts on ``x [B, N, D]`` for assignments ``ids/weights [B, N, k]``.
 
@@ -199,7 +204,7 @@ def dispatch(experts: Experts, x, ids, weights, valid, *, method: str, capacity_
     groups = sharding.batch_groups(b)
     per_group = b // groups * n
     shaped = lambda a: sharding.constrain(a.reshape(groups, per_group, *a.shape[2:]), ("batch",))  # noqa: E731
-    capacity = max(1, math.ceil(capacity_factor * per_group * k / experts.num))
+    capacity = expert_capacity(per_group, k, experts.num, capacity_factor)
     y, kept = jax.vmap(lambda *a: _group_dispatch(experts, *a, capacity))(
         shaped(x), shaped(ids), shaped(weights), shaped(valid)
     )

@@ -62,10 +62,7 @@ def model_config(name: str) -> ml_collections.ConfigDict:
             vit=dict(patch_size=16, width=64, depth=1, num_heads=2, mlp_dim=128),
             backbone=dict(width=128, depth=4, num_heads=4, num_kv_heads=1, head_dim=32, mlp_dim=256),
             expert=dict(width=64, mlp_dim=128),
-            # The demo's figures (benchmarks/RESULTS.md) were measured with capacity AS dispatch; kept until rerun.
-            moe=dict(
-                as_dispatch="capacity", as_mlp_dim=128, hb_experts=4, hb_mlp_dim=32, hb_top_k=2, hb_shared_mlp_dim=32
-            ),
+            moe=dict(as_mlp_dim=128, hb_experts=4, hb_mlp_dim=32, hb_top_k=2, hb_shared_mlp_dim=32),
         )
     if name == "small":
         return _config(
