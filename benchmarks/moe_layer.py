@@ -58,6 +58,8 @@ def _block_step(block, x, routing):
 
 def _dispatched_rows(kind: str, dispatch: str, cfg, tokens: int) -> int:
     """Rows the experts run on in one block: capacity buffers, ranked buffers or every expert on every token."""
+    import jax
+
     from vla_jax.models import grouped, moe
 
     if kind == "as":
@@ -66,8 +68,9 @@ def _dispatched_rows(kind: str, dispatch: str, cfg, tokens: int) -> int:
         experts, k, factor = cfg.hb_experts, cfg.hb_top_k, cfg.hb_capacity_factor
     if dispatch == "capacity":
         return experts * moe.expert_capacity(tokens, k, experts, factor)
-    if dispatch == "ragged":
-        return sum(grouped.rank_capacities(tokens * k, experts))
+    if dispatch == "ragged":  # grouped matmuls on TPU run exactly the assignments
+        tpu = jax.default_backend() == "tpu"
+        return tokens * k if tpu else sum(grouped.rank_capacities(tokens * k, experts))
     return experts * tokens
 
 
