@@ -58,8 +58,6 @@ def _block_step(block, x, routing):
 
 def _dispatched_rows(kind: str, dispatch: str, cfg, tokens: int) -> int:
     """Rows the experts run on in one block: capacity buffers, ranked buffers or every expert on every token."""
-    import jax
-
     from vla_jax.models import grouped, moe
 
     if kind == "as":
@@ -68,9 +66,9 @@ def _dispatched_rows(kind: str, dispatch: str, cfg, tokens: int) -> int:
         experts, k, factor = cfg.hb_experts, cfg.hb_top_k, cfg.hb_capacity_factor
     if dispatch == "capacity":
         return experts * moe.expert_capacity(tokens, k, experts, factor)
-    if dispatch == "ragged":  # grouped matmuls on TPU run exactly the assignments
-        tpu = jax.default_backend() == "tpu"
-        return tokens * k if tpu else sum(grouped.rank_capacities(tokens * k, experts))
+    if dispatch == "ragged":  # grouped matmuls run exactly the assignments
+        grouped_matmuls = moe.ragged_runs_grouped_matmuls()
+        return tokens * k if grouped_matmuls else sum(grouped.rank_capacities(tokens * k, experts))
     return experts * tokens
 
 
@@ -92,7 +90,6 @@ def main(argv: list[str]) -> dict:
     x = jnp.asarray(np.random.default_rng(1).normal(size=(args.batch, HORIZON, width)), jnp.float32)
     routing = _routing(args.batch)
     rngs = nnx.Rngs(params=0)
-    active = {"as": cfg.as_mlp_dim, "hb": cfg.hb_top_k * cfg.hb_mlp_dim + cfg.hb_shared_mlp_dim}
     expert_width = {"as": cfg.as_mlp_dim, "hb": cfg.hb_mlp_dim}
     shared = {"as": 0, "hb": cfg.hb_shared_mlp_dim}
     results = {"device": jax.devices()[0].device_kind, "tokens": tokens, "width": width}
@@ -103,7 +100,7 @@ def main(argv: list[str]) -> dict:
         flat_hidden = round((rows * expert_width[kind] + tokens * shared[kind]) / tokens)
         with nnx.use_eager_sharding(False):
             blocks = {
-                "dense": moe.DenseFFN(width, active[kind], activation="swish", rngs=rngs),
+                "dense": moe.DenseFFN(width, moe.active_mlp_dim(kind, expert), activation="swish", rngs=rngs),
                 "flat_equivalent": moe.DenseFFN(width, flat_hidden, activation="swish", rngs=rngs),
                 "moe": moe.build_ffn(
                     kind, width, config, num_spaces=NUM_SPACES, action_dim=ACTION_DIM, rngs=rngs, dtype=jnp.float32

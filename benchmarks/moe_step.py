@@ -45,11 +45,10 @@ def _build_expert(expert_config, backbone_config, dense_kinds: tuple[str, ...] =
     rngs = nnx.Rngs(params=0)
     with nnx.use_eager_sharding(False):
         expert = ActionExpert(expert_config, backbone_config, action_dim=ACTION_DIM, num_action_spaces=7, rngs=rngs)
-        cfg = expert_config.moe
-        active = {"as": cfg.as_mlp_dim, "hb": cfg.hb_top_k * cfg.hb_mlp_dim + cfg.hb_shared_mlp_dim}
         for layer, kind in zip(expert.decoder.layers, expert.plan):
             if kind in dense_kinds:
-                layer.ffn = moe.DenseFFN(expert_config.width, active[kind], activation="swish", rngs=rngs)
+                hidden = moe.active_mlp_dim(kind, expert_config)
+                layer.ffn = moe.DenseFFN(expert_config.width, hidden, activation="swish", rngs=rngs)
     return expert
 
 

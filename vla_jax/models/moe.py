@@ -150,12 +150,17 @@ def _group_ragged(activation: str, expert_weights, x, ids, weights, valid):
     order = jnp.argsort(jnp.where(ok, flat_ids, num), stable=True)
     group_sizes = jnp.sum(jax.nn.one_hot(flat_ids, num, dtype=jnp.int32) * ok[:, None], axis=0)
     rows = x[token[order]]
-    if jax.default_backend() == "tpu":
+    if ragged_runs_grouped_matmuls():
         out = gated_mlp(activation, expert_weights, rows, lambda a, w: jax.lax.ragged_dot(a, w, group_sizes))
     else:  # XLA expands ragged_dot to every expert here; ranked buffers do ~H(E) x the rows instead of E x
         out = grouped.gated_mlp(rows, group_sizes, tuple(expert_weights), activation)
     unsorted = out[jnp.argsort(order)] * (ok * weights.T.reshape(-1))[:, None].astype(out.dtype)
     return unsorted.reshape(k, tokens, -1).sum(0)
+
+
+def ragged_runs_grouped_matmuls() -> bool:
+    """Whether ``ragged`` dispatch runs ``jax.lax.ragged_dot`` here (TPU) rather than ranked buffers."""
+    return jax.default_backend() == "tpu"
 
 
 def _ragged_dispatch(experts: Experts, x, ids, weights, valid) -> jax.Array:
@@ -313,6 +318,17 @@ def load_balancing(probs: jax.Array, ids: jax.Array, valid: jax.Array) -> tuple[
     load = jnp.einsum("bne,bn->e", assigned, w) / (count * ids.shape[-1])
     mean_prob = jnp.einsum("bne,bn->e", probs, w) / count
     return num * jnp.sum(load * mean_prob), load
+
+
+def active_mlp_dim(kind: str, expert_cfg) -> int:
+    """Hidden width one token runs through in a ``kind`` layer of the expert: its top-k experts plus the shared one."""
+    cfg = expert_cfg.moe
+    widths = {
+        "dense": expert_cfg.mlp_dim,
+        "as": cfg.as_mlp_dim,
+        "hb": cfg.hb_top_k * cfg.hb_mlp_dim + cfg.hb_shared_mlp_dim,
+    }
+    return widths[kind]
 
 
 def build_ffn(kind: str, width: int, cfg, *, num_spaces: int, action_dim: int, rngs, dtype) -> nnx.Module:

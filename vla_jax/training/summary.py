@@ -69,11 +69,8 @@ def forward_flops(model_config: ml_collections.ConfigDict, io: IOShapes) -> dict
     if uses_flow(mode):
         ex, cfg, h = model_config.expert, model_config.expert.moe, io.action_horizon
         width = ex.width
-        hidden = {
-            "dense": 3 * ex.mlp_dim,
-            "as": 3 * cfg.as_mlp_dim,
-            "hb": 3 * (cfg.hb_top_k * cfg.hb_mlp_dim + cfg.hb_shared_mlp_dim) + cfg.hb_experts,
-        }
+        router = {"hb": cfg.hb_experts}  # the AS router reads the action space, not the token
+        hidden = {kind: 3 * moe.active_mlp_dim(kind, ex) + router.get(kind, 0) for kind in moe.KINDS}
         plan = tuple(ex.plan) or moe.default_plan(bb.depth)
         layers = sum(attention(width, h, seq + h) + 2 * h * width * hidden[kind] for kind in plan)
         projections = 2 * h * (2 * io.action_dim * width + 3 * width * width)
