@@ -31,8 +31,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.action_horizon = 4  # 0.4 s at 10 Hz (tokenizer eval at 1 s: --config.data.action_horizon=10)
     config.data.cameras = ("primary", "wrist")
     config.data.image_size = 64
-    config.data.text_vocab_size = 1024
-    config.data.max_text_length = 12
     config.data.shuffle_buffer_size = 10_000
     config.data.val_batches = 16
 

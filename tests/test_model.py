@@ -1,3 +1,5 @@
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +9,8 @@ from flax import nnx
 
 from vla_jax.models import presets
 from vla_jax.models.action_expert import flow_time, noisy_chunks
-from vla_jax.models.vla import IOShapes, build_model
+from vla_jax.models.vla import build_model
+from vla_jax.observation import Batch, IOShapes, example_batch
 
 from .conftest import debug_config
 
@@ -18,28 +21,31 @@ def _model_config(mode: str, *overrides: str):
     return debug_config(f"model.mode={mode}", *overrides).model
 
 
-def _batch(rng, batch_size=4, prefix=10, postfix=8):
+def _batch(rng, batch_size=4, prefix=10, postfix=8) -> Batch:
     """Random inputs; prompts of ``prefix`` bidirectional ids, ``postfix`` causal ids with loss, then padding."""
-    length = IO.text_length
-    tokens = rng.integers(3, IO.text_vocab_size, (batch_size, length)).astype(np.int32)
-    positions = np.arange(length)[None, :]
-    batch = {
-        "image_primary": rng.integers(0, 255, (batch_size, 64, 64, 3), dtype=np.uint8),
-        "image_primary_mask": np.ones(batch_size, bool),
-        "image_wrist": rng.integers(0, 255, (batch_size, 64, 64, 3), dtype=np.uint8),
-        "image_wrist_mask": np.ones(batch_size, bool),
-        "state": rng.normal(size=(batch_size, 4)).astype(np.float32),
-        "actions": rng.uniform(-1, 1, (batch_size, 4, 4)).astype(np.float32),
-        "action_mask": np.ones((batch_size, 4), bool),
-        "action_dim_mask": np.ones((batch_size, 4), bool),
-        "action_space": (np.arange(batch_size) % 2).astype(np.int32),
-        "prompt_tokens": tokens,
-        "prompt_mask": np.broadcast_to(positions < prefix + postfix, tokens.shape).copy(),
-        "prompt_truncated": np.zeros(batch_size, bool),
-    }
-    batch["prompt_ar_mask"] = batch["prompt_mask"] & (positions >= prefix)
-    batch["prompt_loss_mask"] = batch["prompt_ar_mask"].copy()
-    return batch
+    batch = example_batch(IO, batch_size, seed=int(rng.integers(1 << 30)))
+    positions = np.broadcast_to(np.arange(IO.text_length)[None, :], (batch_size, IO.text_length))
+    mask = positions < prefix + postfix
+    ar_mask = mask & (positions >= prefix)
+    return dataclasses.replace(
+        _obs(batch, prompt_mask=mask.copy(), prompt_ar_mask=ar_mask.copy()), prompt_loss_mask=ar_mask.copy()
+    )
+
+
+def _obs(batch: Batch, *, images=None, image_masks=None, **fields) -> Batch:
+    """``batch`` with observation fields replaced (``images`` / ``image_masks`` updated by stream)."""
+    obs = batch.observation
+    obs = dataclasses.replace(
+        obs,
+        images={**obs.images, **(images or {})},
+        image_masks={**obs.image_masks, **(image_masks or {})},
+        **fields,
+    )
+    return dataclasses.replace(batch, observation=obs)
+
+
+def _tokens(batch: Batch) -> np.ndarray:
+    return batch.observation.prompt_tokens.copy()
 
 
 def _fit_losses(model, batch, steps: int, lr: float = 3e-3) -> list[float]:
@@ -79,17 +85,19 @@ def test_every_preset_builds_with_eval_shape_and_names_every_axis(name):
 def test_masked_camera_and_prompt_padding_are_ignored():
     model = build_model(_model_config("fast"), IO, seed=0)
     batch = _batch(np.random.default_rng(1))
-    batch["image_wrist_mask"][:] = False
+    batch = _obs(batch, image_masks={"wrist": np.zeros(4, bool)})
 
     @jax.jit
     def logits(b):
-        return model.prompt_logits(b, b["prompt_tokens"], b["prompt_mask"], b["prompt_ar_mask"])
+        o = b.observation
+        return model.prompt_logits(o, o.prompt_tokens, o.prompt_mask, o.prompt_ar_mask)
 
     base = logits(batch)
-    perturbed = dict(batch, image_wrist=255 - batch["image_wrist"], prompt_tokens=batch["prompt_tokens"].copy())
-    perturbed["prompt_tokens"][:, 18:] = 7  # padding
+    tokens = _tokens(batch)
+    tokens[:, 18:] = 7  # padding
+    perturbed = _obs(batch, images={"wrist": 255 - batch.observation.images["wrist"]}, prompt_tokens=tokens)
     np.testing.assert_allclose(logits(perturbed)[:, :18], base[:, :18], atol=1e-5)
-    visible = dict(perturbed, image_wrist_mask=np.ones(4, bool))
+    visible = _obs(perturbed, image_masks={"wrist": np.ones(4, bool)})
     assert not np.allclose(logits(visible)[:, :18], base[:, :18], atol=1e-3)
 
 
@@ -99,23 +107,25 @@ def test_fast_prefix_is_unaffected_by_the_postfix_and_postfix_is_causal():
 
     @jax.jit
     def logits(b):
-        return model.prompt_logits(b, b["prompt_tokens"], b["prompt_mask"], b["prompt_ar_mask"])
+        o = b.observation
+        return model.prompt_logits(o, o.prompt_tokens, o.prompt_mask, o.prompt_ar_mask)
 
     base = logits(batch)
-    later = dict(batch, prompt_tokens=batch["prompt_tokens"].copy())
-    later["prompt_tokens"][:, 14:] = 5  # postfix ids from the 5th on, and padding
-    changed = logits(later)
+    tokens = _tokens(batch)
+    tokens[:, 14:] = 5  # postfix ids from the 5th on, and padding
+    changed = logits(_obs(batch, prompt_tokens=tokens))
     np.testing.assert_allclose(changed[:, :14], base[:, :14], atol=1e-5)  # prefix and earlier postfix unchanged
     assert not np.allclose(changed[:, 14:18], base[:, 14:18], atol=1e-3)  # the changed steps themselves do change
-    earlier = dict(batch, prompt_tokens=batch["prompt_tokens"].copy())
-    earlier["prompt_tokens"][:, 2] = 7  # a prefix id: every position sees it
-    assert not np.allclose(logits(earlier)[:, :2], base[:, :2], atol=1e-4)
+    tokens = _tokens(batch)
+    tokens[:, 2] = 7  # a prefix id: every position sees it
+    assert not np.allclose(logits(_obs(batch, prompt_tokens=tokens))[:, :2], base[:, :2], atol=1e-4)
 
 
 def _greedy_by_full_forward(model, batch, row: int, num_tokens: int, eos_id: int) -> list[int]:
-    prefix = batch["prompt_mask"][row] & ~batch["prompt_ar_mask"][row]
-    prefix_ids = batch["prompt_tokens"][row][prefix].tolist()
-    one = {k: v[row : row + 1] for k, v in batch.items()}
+    obs = batch.observation
+    prefix = obs.prompt_mask[row] & ~obs.prompt_ar_mask[row]
+    prefix_ids = obs.prompt_tokens[row][prefix].tolist()
+    one = jax.tree.map(lambda v: v[row : row + 1], obs)
     logits_fn = jax.jit(model.prompt_logits)
     ids: list[int] = []
     for _ in range(num_tokens):
@@ -132,11 +142,12 @@ def _greedy_by_full_forward(model, batch, row: int, num_tokens: int, eos_id: int
 def test_kv_cache_greedy_decoding_equals_full_forward_decoding():
     model = build_model(_model_config("fast"), IO, seed=1)
     batch = _batch(np.random.default_rng(6))
-    batch["prompt_mask"][1, 7:10] = False  # a shorter prefix in one row (padding before the postfix slots)
-    batch["prompt_ar_mask"][1, 7:10] = False
-    batch["image_wrist_mask"][2] = False  # a missing camera in another
-    cached = np.asarray(jax.jit(lambda b: model.generate(b, 6, eos_id=1))(batch))
-    uncached = np.asarray(jax.jit(lambda b: model.generate_uncached(b, 6, eos_id=1))(batch))
+    obs = batch.observation
+    obs.prompt_mask[1, 7:10] = False  # a shorter prefix in one row (padding before the postfix slots)
+    obs.prompt_ar_mask[1, 7:10] = False
+    obs.image_masks["wrist"][2] = False  # a missing camera in another
+    cached = np.asarray(jax.jit(lambda o: model.generate(o, 6, eos_id=1))(obs))
+    uncached = np.asarray(jax.jit(lambda o: model.generate_uncached(o, 6, eos_id=1))(obs))
     np.testing.assert_array_equal(cached, uncached)
     for row in (1, 2):  # the rows with a gap: padding before the postfix, a missing camera
         ids = _greedy_by_full_forward(model, batch, row, 6, eos_id=1)
@@ -145,15 +156,16 @@ def test_kv_cache_greedy_decoding_equals_full_forward_decoding():
     # Early stop: make the first prediction EOS for every row by choosing it as the EOS id.
     first = cached[:, 0]
     if len(set(first.tolist())) == 1:
-        stopped = np.asarray(jax.jit(lambda b: model.generate(b, 6, eos_id=int(first[0])))(batch))
+        stopped = np.asarray(jax.jit(lambda o: model.generate(o, 6, eos_id=int(first[0])))(obs))
         assert (stopped == first[0]).all()
 
 
 def test_fast_loss_counts_only_the_postfix_and_decreases():
     model = build_model(_model_config("fast"), IO, seed=2)
     batch = _batch(np.random.default_rng(7))
-    changed = dict(batch, prompt_tokens=batch["prompt_tokens"].copy())
-    changed["prompt_tokens"][:, 18:] = 9  # padding ids carry no loss
+    tokens = _tokens(batch)
+    tokens[:, 18:] = 9  # padding ids carry no loss
+    changed = _obs(batch, prompt_tokens=tokens)
     rng = jax.random.key(0)
     np.testing.assert_allclose(model.loss(changed, rng)[0], model.loss(batch, rng)[0], rtol=1e-6)
     losses = _fit_losses(model, batch, 40)
@@ -164,18 +176,18 @@ def test_action_expert_never_sees_the_postfix_and_prefix_never_sees_the_expert()
     model = build_model(_model_config("fast+flow", "model.expert.plan=('as', 'hb')"), IO, seed=3)
     batch = _batch(np.random.default_rng(8))
     rng = jax.random.key(1)
-    sample = jax.jit(lambda b: model.sample_actions(b, rng))
+    sample = jax.jit(lambda b: model.sample_actions(b.observation, rng))
     base = np.asarray(sample(batch))
-    postfix_changed = dict(batch, prompt_tokens=batch["prompt_tokens"].copy())
-    postfix_changed["prompt_tokens"][:, 10:] = 5
-    np.testing.assert_allclose(np.asarray(sample(postfix_changed)), base, atol=1e-5)
-    prefix_changed = dict(batch, prompt_tokens=batch["prompt_tokens"].copy())
-    prefix_changed["prompt_tokens"][:, 3] = 5
-    assert not np.allclose(np.asarray(sample(prefix_changed)), base, atol=1e-4)
+    tokens = _tokens(batch)
+    tokens[:, 10:] = 5
+    np.testing.assert_allclose(np.asarray(sample(_obs(batch, prompt_tokens=tokens))), base, atol=1e-5)
+    tokens = _tokens(batch)
+    tokens[:, 3] = 5
+    assert not np.allclose(np.asarray(sample(_obs(batch, prompt_tokens=tokens))), base, atol=1e-4)
     # The backbone's CE term does not depend on the action chunk the expert denoises.
     token_ce = jax.jit(lambda b: model.loss(b, rng)[1]["token_ce"])
     ce = lambda b: float(token_ce(b))  # noqa: E731
-    assert ce(dict(batch, actions=batch["actions"] + 3.0)) == ce(batch)
+    assert ce(dataclasses.replace(batch, actions=batch.actions + 3.0)) == ce(batch)
 
 
 @pytest.mark.parametrize("insulated", [True, False])
@@ -193,20 +205,20 @@ def test_knowledge_insulation_stops_expert_gradients_into_the_backbone(insulated
 def test_flow_matching_loss_decreases_and_padding_carries_no_loss():
     model = build_model(_model_config("flow", "model.expert.plan=('as', 'hb')"), IO, seed=5)
     batch = _batch(np.random.default_rng(10), batch_size=8)
-    batch["action_dim_mask"][:, 3] = False
-    batch["action_mask"][:2, 2:] = False
+    batch.observation.action_dim_mask[:, 3] = False
+    batch.action_mask[:2, 2:] = False
     rng = jax.random.key(2)
 
     @jax.jit
     def velocity_error(b):
-        noisy, time, target = noisy_chunks(rng, b["actions"])
-        _, kvs, prefix, prefix_length = model._prefix_context(b)
-        velocity, _ = model.action_expert(noisy, time, kvs, prefix, prefix_length, model._routing(b))
+        noisy, time, target = noisy_chunks(rng, b.actions)
+        _, kvs, prefix, prefix_length = model._prefix_context(b.observation)
+        velocity, _ = model.action_expert(noisy, time, kvs, prefix, prefix_length, model._routing(b.observation))
         return velocity - target, model.loss(b, rng)[1]["flow_mse"]
 
     error, flow_mse = velocity_error(batch)
     squared, flow_mse = np.square(np.asarray(error)), float(flow_mse)
-    weight = batch["action_mask"][:, :, None] & batch["action_dim_mask"][:, None, :]
+    weight = batch.action_mask[:, :, None] & batch.observation.action_dim_mask[:, None, :]
     np.testing.assert_allclose(flow_mse, squared[weight].mean(), rtol=1e-5)
     assert abs(flow_mse - squared.mean()) > 1e-3
     losses = _fit_losses(model, batch, 60)

@@ -113,7 +113,18 @@ def _parse_mesh(text: str) -> dict[str, int]:
         if not sep or not size.lstrip("-").isdigit():
             raise ConfigError(f"--mesh entry {part!r} is not of the form axis=size (e.g. fsdp=8)")
         mesh[axis.strip()] = int(size)
+    from vla_jax import validation
+
+    validation.check_mesh_shape(mesh, "--mesh")
     return mesh
+
+
+def _validate(config, device_count: int | None) -> None:
+    """The whole config checked at once (a ConfigError on the first problem); warnings go to stderr."""
+    from vla_jax import validation
+
+    for line in validation.validate_config(config, device_count=device_count):
+        print(f"vla-jax: warning: {line}", file=sys.stderr)
 
 
 def _model(args, overrides: list[str]) -> None:
@@ -131,15 +142,18 @@ def _model(args, overrides: list[str]) -> None:
         mesh = sharding.abstract_mesh(mesh_shape or {"fsdp": -1})
         result = summary.summarize(presets.model_config(args.preset), presets.default_io(args.preset), mesh)
     else:
-        result = trainer.summarize_config(config_lib.load_config(args.config, overrides), mesh_shape)
+        config = config_lib.load_config(args.config, overrides)
+        _validate(config, device_count=None)
+        result = trainer.summarize_config(config, mesh_shape)
     _print(result, args.json, summary.format_summary(result))
 
 
 def _tokenizer(args, overrides: list[str]) -> None:
     from vla_jax import config as config_lib
-    from vla_jax.tokenizers import commands
+    from vla_jax.data import tokenizer_commands as commands
 
     config = config_lib.load_config(args.config, overrides)
+    _validate(config, device_count=None)
     if args.tokenizer_command == "fit":
         result = commands.fit(config, args.out, args.chunks)
         text = f"wrote {result['out']}: {result['kind']}, {result['vocab_size']} ids, fit on {result['chunks']} chunks"
@@ -156,6 +170,12 @@ def _train(args, overrides: list[str]) -> None:
     if not args.dry_run:
         distributed.initialize_from_env()
     config = config_lib.load_config(args.config, overrides)
+    if args.dry_run:
+        _validate(config, device_count=None)  # the mesh is abstract
+    else:
+        import jax
+
+        _validate(config, device_count=jax.device_count())
     from vla_jax.training import trainer
 
     if args.dry_run:

@@ -48,9 +48,6 @@ def data_config(mixture: str) -> ml_collections.ConfigDict:
     c.resize_mode = "pad"  # "pad" (keep aspect, pad), "crop" (keep aspect, centre crop) or "stretch"
     c.augment = ml_collections.ConfigDict()  # role -> ops (see frame_transforms.augment_image); {} = none
     c.image_dropout = 0.0  # probability of dropping each camera (one is always kept)
-    # Text.
-    c.text_vocab_size = 1024
-    c.max_text_length = 16
     # Throughput and memory.
     c.shuffle_buffer_size = 100_000  # frames, an upper bound; the RAM budget may lower it
     c.ram_budget_gb = 8.0  # host RAM the pipeline may use (tf.data autotune budget)

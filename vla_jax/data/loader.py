@@ -24,8 +24,8 @@ import tensorflow as tf
 from vla_jax.data import demo, frame_transforms, mixture, standardize, statistics, traj_transforms, trajectory
 from vla_jax.data.specs import DatasetSpec, get_spec, resolve_mixture
 from vla_jax.errors import ConfigError, DataError
+from vla_jax.observation import Batch, Observation
 from vla_jax.tokenizers.prompt import PROMPT_KEYS, PromptTokenizer
-from vla_jax.tokenizers.text import WordHashTokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,6 +190,13 @@ def open_source(spec: DatasetSpec, data_config: ml_collections.ConfigDict) -> Da
     return DataSource(spec, builder_dir, builder, train, val, stride, stats)
 
 
+# The model reads one frame per camera; a window of past frames is not wired into it (see docs/ARCHITECTURE.md).
+HISTORY_REFUSED = (
+    "config key 'data.history' is {}; expected 1: the model reads only the current frame "
+    "(observation history is not wired into the model)"
+)
+
+
 def open_mixture(data_config: ml_collections.ConfigDict) -> DataMixture:
     """Opens every dataset of ``data.mixture`` and works out weights and unified widths."""
     if data_config.normalization not in statistics.NORMALIZATION_MODES:
@@ -197,6 +204,8 @@ def open_mixture(data_config: ml_collections.ConfigDict) -> DataMixture:
             f"config key 'data.normalization' is {data_config.normalization!r}; "
             f"expected one of {statistics.NORMALIZATION_MODES}"
         )
+    if data_config.history != 1:
+        raise ConfigError(HISTORY_REFUSED.format(data_config.history))
     mix = resolve_mixture(data_config.mixture)
     sources = tuple(open_source(get_spec(name), data_config) for name, _ in mix.weights)
     probabilities = mixture.sampling_weights(
@@ -292,13 +301,10 @@ def _keep_used_cameras(traj: dict, cameras: tuple[str, ...], depth_cameras: tupl
     return dict(traj, observation=obs)
 
 
-def _to_model_inputs(
-    frame: dict, data_config: ml_collections.ConfigDict, seed: tf.Tensor | None, keep_instruction: bool = False
-) -> dict:
-    """Decodes (and, with a seed, augments) images, tokenizes the instruction, flattens to the batch layout.
+def _to_model_inputs(frame: dict, data_config: ml_collections.ConfigDict, seed: tf.Tensor | None) -> dict:
+    """Decodes (and, with a seed, augments) images and flattens one frame to the flat layout of :func:`_as_batch`.
 
-    With ``keep_instruction`` the raw ``instruction`` string is kept for a prompt
-    tokenizer to use after batching, instead of word-hash ``text_ids``.
+    The raw ``instruction`` string is kept for the prompt tokenizer to use after batching.
     """
     cameras, depth_cameras = tuple(data_config.cameras), tuple(data_config.depth_cameras)
     decode = functools.partial(
@@ -308,7 +314,7 @@ def _to_model_inputs(
         size=data_config.image_size,
         mode=data_config.resize_mode,
     )
-    frame = _map_over_window(frame, decode, data_config) if data_config.history > 1 else decode(frame)
+    frame = decode(frame)
     if seed is not None:
         augment = {role: dict(ops) for role, ops in dict(data_config.augment).items() if role in cameras}
         frame = frame_transforms.augment_frame(frame, augment, seed) if augment else frame
@@ -323,43 +329,47 @@ def _to_model_inputs(
         "action_space": frame["action_space"],
         "dataset_index": frame["dataset_index"],
         "control_hz": frame["control_hz"],
+        "instruction": frame["language_instruction"],
     }
-    if keep_instruction:
-        out["instruction"] = frame["language_instruction"]
-    else:
-        hashing = WordHashTokenizer(data_config.text_vocab_size, data_config.max_text_length)
-        out["text_ids"], out["text_mask"] = hashing.encode_tf(frame["language_instruction"])
-    if "history_mask" in frame:
-        out["history_mask"] = frame["history_mask"]
     for role in cameras:
-        out[f"image_{role}"] = obs[f"image_{role}"]
-        out[f"image_{role}_mask"] = obs[f"image_{role}_present"]
+        out[f"image/{role}"] = obs[f"image_{role}"]
+        out[f"image_mask/{role}"] = obs[f"image_{role}_present"]
         if f"goal_image_{role}" in frame:
-            out[f"goal_image_{role}"] = frame[f"goal_image_{role}"]
+            out[f"image/goal_{role}"] = frame[f"goal_image_{role}"]
+            out[f"image_mask/goal_{role}"] = obs[f"image_{role}_present"]
     for role in depth_cameras:
-        out[f"depth_{role}"] = obs[f"depth_{role}"]
-        out[f"depth_{role}_mask"] = obs[f"depth_{role}_present"]
+        out[f"image/depth_{role}"] = obs[f"depth_{role}"]
+        out[f"image_mask/depth_{role}"] = obs[f"depth_{role}_present"]
     return out
 
 
-def _map_over_window(frame: dict, decode, data_config) -> dict:
-    """Applies a single-frame decode to each step of a history window (goal images once)."""
-    frame = dict(frame)
-    size, mode = data_config.image_size, data_config.resize_mode
-    for key in [k for k in frame if k.startswith("goal_image_")]:
-        frame[key] = tf.cond(
-            tf.strings.length(frame[key]) > 0,
-            lambda g=frame[key]: frame_transforms.decode_image(g, size, mode),
-            lambda: tf.zeros([size, size, 3], tf.uint8),
-        )
-    obs = frame["observation"]
+def _as_batch(flat: dict[str, np.ndarray]) -> Batch:
+    """The typed :class:`Batch` of one flat NumPy batch (the edge of tf.data).
 
-    def one(step_obs):
-        return decode({"observation": step_obs})["observation"]
-
-    signature = tf.nest.map_structure(tf.TensorSpec.from_tensor, one({k: v[0] for k, v in obs.items()}))
-    decoded = tf.map_fn(one, obs, fn_output_signature=signature)
-    return dict(frame, observation=decoded)
+    Without prompt arrays (a stream with no prompt tokenizer: the pipeline's own
+    tests and throughput benchmark), the prompt fields are ``[B, 0]``; no model accepts that.
+    """
+    rows = flat["actions"].shape[0]
+    no_prompt = np.zeros((rows, 0), bool)
+    return Batch(
+        observation=Observation(
+            images={k.split("/", 1)[1]: v for k, v in flat.items() if k.startswith("image/")},
+            image_masks={k.split("/", 1)[1]: v for k, v in flat.items() if k.startswith("image_mask/")},
+            state=flat["state"],
+            state_mask=flat["state_dim_mask"],
+            prompt_tokens=flat.get("prompt_tokens", no_prompt.astype(np.int32)),
+            prompt_mask=flat.get("prompt_mask", no_prompt),
+            prompt_ar_mask=flat.get("prompt_ar_mask", no_prompt),
+            action_dim_mask=flat["action_dim_mask"],
+            action_space=flat["action_space"],
+        ),
+        actions=flat["actions"],
+        action_mask=flat["action_mask"],
+        prompt_loss_mask=flat.get("prompt_loss_mask", no_prompt),
+        prompt_truncated=flat.get("prompt_truncated", np.zeros(rows, bool)),
+        dataset_index=flat["dataset_index"],
+        control_hz=flat["control_hz"],
+    )
 
 
 def _add_prompts(ds: tf.data.Dataset, prompt: PromptTokenizer, with_actions: bool) -> tf.data.Dataset:
@@ -413,11 +423,11 @@ def train_batches(
     start_step: int = 0,
     prompt: PromptTokenizer | None = None,
     prompt_actions: bool = True,
-) -> Iterator[dict[str, np.ndarray]]:
+) -> Iterator[Batch]:
     """An endless, seeded stream of this process's part of each global batch.
 
-    With ``prompt``, batches carry π0-FAST prompt arrays instead of word-hash
-    text ids; with ``prompt_actions`` False, prompts have no action postfix.
+    With ``prompt``, batches carry π0-FAST prompt arrays (what the model
+    needs); with ``prompt_actions`` False, prompts have no action postfix.
 
     The stream is a function of ``seed`` alone; resuming at ``start_step`` skips
     the frames of earlier steps before their images are decoded, so a resumed
@@ -432,7 +442,7 @@ def train_batches(
     threads = mixture.split_budget(data_config.transform_threads, probabilities)
     reads = mixture.split_budget(data_config.read_threads, probabilities)
     budget = data_config.ram_budget_gb * 2**30 * data_config.shuffle_ram_fraction
-    frame_cost = [s.bytes_per_frame * max(1, data_config.history) for s in mix.sources]
+    frame_cost = [s.bytes_per_frame for s in mix.sources]
     buffers = mixture.shuffle_buffers(probabilities, frame_cost, budget, data_config.shuffle_buffer_size)
     per_dataset = [
         _frames(s, i, mix, data_config, training=True, seed=seed, threads=threads[i], read_threads=reads[i]).shuffle(
@@ -444,17 +454,18 @@ def train_batches(
     ds = ds.enumerate().skip(start_step * local_batch)
     base_seed = tf.constant([seed, 7], tf.int64)
     ds = ds.map(
-        lambda i, frame: _to_model_inputs(
-            frame, data_config, frame_transforms.op_seed(base_seed, i), prompt is not None
-        ),
+        lambda i, frame: _to_model_inputs(frame, data_config, frame_transforms.op_seed(base_seed, i)),
         num_parallel_calls=data_config.transform_threads,
         deterministic=True,
     )
     ds = _batch_for_this_host(ds, data_config, global_batch_size)
-    if prompt is not None:
-        ds = _add_prompts(ds, prompt, prompt_actions)
+    ds = _add_prompts(ds, prompt, prompt_actions) if prompt is not None else _drop_instructions(ds)
     ds = ds.prefetch(2).with_options(_options(data_config))
-    return ds.as_numpy_iterator()
+    return map(_as_batch, ds.as_numpy_iterator())
+
+
+def _drop_instructions(ds: tf.data.Dataset) -> tf.data.Dataset:
+    return ds.map(lambda batch: {k: v for k, v in batch.items() if k != "instruction"})
 
 
 HOST_SHARDING = ("files", "replicated")
@@ -485,7 +496,7 @@ def val_batches(
     global_batch_size: int,
     prompt: PromptTokenizer | None = None,
     prompt_actions: bool = True,
-) -> list[dict[str, np.ndarray]]:
+) -> list[Batch]:
     """At most ``data.val_batches`` full batches of the validation splits, mixed in a fixed order.
 
     ``prompt`` and ``prompt_actions`` as in :func:`train_batches`.
@@ -498,14 +509,10 @@ def val_batches(
         ds = per_dataset[0]
     else:  # several: drawn with the mixture's weights in a fixed order
         ds = mixture.interleave([d.repeat() for d in per_dataset], mix.probabilities, seed=0)
-    to_inputs = functools.partial(
-        _to_model_inputs, data_config=data_config, seed=None, keep_instruction=prompt is not None
-    )
-    ds = ds.map(to_inputs, num_parallel_calls=4)
+    ds = ds.map(functools.partial(_to_model_inputs, data_config=data_config, seed=None), num_parallel_calls=4)
     ds = _batch_for_this_host(ds, data_config, global_batch_size).take(data_config.val_batches)
-    if prompt is not None:
-        ds = _add_prompts(ds, prompt, prompt_actions)
-    return list(ds.with_options(_options(data_config)).as_numpy_iterator())
+    ds = _add_prompts(ds, prompt, prompt_actions) if prompt is not None else _drop_instructions(ds)
+    return [_as_batch(b) for b in ds.with_options(_options(data_config)).as_numpy_iterator()]
 
 
 def action_chunks(
@@ -539,14 +546,14 @@ def action_chunks(
     return joined
 
 
-def to_global_batch(local_batch: dict[str, np.ndarray], sharding: jax.sharding.NamedSharding) -> dict[str, jax.Array]:
+def to_global_batch(local_batch: Batch, sharding: jax.sharding.NamedSharding) -> Batch:
     """Assembles each process's rows into global arrays sharded over the batch axis."""
-    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
+    return jax.tree.map(lambda v: jax.make_array_from_process_local_data(sharding, v), local_batch)
 
 
 def prefetch_global_batches(
-    batches: Iterator[dict[str, np.ndarray]], sharding: jax.sharding.NamedSharding, size: int = 2
-) -> Iterator[dict[str, jax.Array]]:
+    batches: Iterator[Batch], sharding: jax.sharding.NamedSharding, size: int = 2
+) -> Iterator[Batch]:
     """Global batches assembled ``size`` steps ahead on a background thread, in order.
 
     Taking the next batch from tf.data and placing it on the devices then

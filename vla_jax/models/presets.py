@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from vla_jax.models.vla import IOShapes
+from vla_jax.observation import IOShapes
 
 PRESETS = ("tiny", "small", "paligemma_himoe")
 

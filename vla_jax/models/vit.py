@@ -51,7 +51,12 @@ class EncoderBlock(nnx.Module):
 
 
 class ViT(nnx.Module):
-    """uint8 images ``[B, H, W, 3]`` to tokens ``[B, (H/p)*(W/p), width]`` (SigLIP without the pooling head)."""
+    """uint8 images ``[B, H, W, 3]`` to tokens ``[B, (H/p)*(W/p), width]`` (SigLIP without the pooling head).
+
+    With ``depth_input``, depth maps ``[B, H, W, 1]`` (float, any non-negative
+    unit) go through the same blocks after their own patch embedding of
+    ``log(1 + depth)``, which keeps metres and millimetres in a trainable range.
+    """
 
     def __init__(
         self,
@@ -65,22 +70,29 @@ class ViT(nnx.Module):
         rngs: nnx.Rngs,
         dtype=jnp.float32,
         remat=None,
+        depth_input: bool = False,
     ):
         if image_size % patch_size:
             raise ValueError(f"image_size {image_size} is not divisible by model.vit.patch_size {patch_size}")
         self.patch_size = patch_size
         self.num_tokens = (image_size // patch_size) ** 2
         self.patch_embed = Dense(patch_size * patch_size * 3, width, ("patch", "embed"), rngs=rngs, dtype=dtype)
+        self.depth_patch_embed = (
+            Dense(patch_size * patch_size, width, ("patch", "embed"), rngs=rngs, dtype=dtype) if depth_input else None
+        )
         self.position = param(rngs, nnx.initializers.normal(0.02), (self.num_tokens, width), (None, "embed"))
         self.blocks = nnx.List([EncoderBlock(width, num_heads, mlp_dim, rngs=rngs, dtype=dtype) for _ in range(depth)])
         self.norm = LayerNorm(width, rngs=rngs) if depth else None
         self.remat = remat
 
-    def __call__(self, images: jax.Array) -> jax.Array:
-        x = images.astype(jnp.float32) / 127.5 - 1.0
+    def __call__(self, images: jax.Array, depth: bool = False) -> jax.Array:
+        if depth:
+            x, embed = jnp.log1p(jnp.maximum(images.astype(jnp.float32), 0.0)), self.depth_patch_embed
+        else:
+            x, embed = images.astype(jnp.float32) / 127.5 - 1.0, self.patch_embed
         p = self.patch_size
         patches = einops.rearrange(x, "b (h p) (w q) c -> b (h w) (p q c)", p=p, q=p)
-        tokens = self.patch_embed(patches) + self.position[...].astype(self.patch_embed.dtype)
+        tokens = embed(patches) + self.position[...].astype(embed.dtype)
         for block in self.blocks:
             tokens = block(tokens) if self.remat is None else self.remat(lambda b, t: b(t))(block, tokens)
         return tokens if self.norm is None else self.norm(tokens)

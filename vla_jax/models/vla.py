@@ -21,7 +21,6 @@ expert never sees the FAST postfix.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax
@@ -31,12 +30,13 @@ import optax
 from flax import nnx
 
 from vla_jax import sharding
-from vla_jax.data.specs import ACTION_SPACES
+from vla_jax.errors import ConfigError
 from vla_jax.models import moe
 from vla_jax.models.action_expert import ActionExpert, euler_sample, noisy_chunks
 from vla_jax.models.layers import Dense, param
 from vla_jax.models.transformer import Decoder, prefix_lm_mask
 from vla_jax.models.vit import ViT
+from vla_jax.observation import Batch, IOShapes, Observation, check_batch
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 MODES = ("fast", "flow", "fast+flow")
@@ -47,26 +47,9 @@ REMAT_POLICIES = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class IOShapes:
-    """What the data gives the model, fixed by the data config, dataset spec and tokenizers.
-
-    ``text_vocab_size`` and ``text_length`` are the prompt tokenizer's
-    vocabulary (the embedding rows) and ``max_length``.
-    """
-
-    cameras: tuple[str, ...]
-    image_size: int
-    text_vocab_size: int
-    text_length: int
-    state_dim: int
-    action_dim: int
-    action_horizon: int
-
-
 def _remat(name: str):
     if name not in REMAT_POLICIES:
-        raise ValueError(f"config key 'model.remat' is {name!r}; expected one of {sorted(REMAT_POLICIES)}")
+        raise ConfigError(f"config key 'model.remat' is {name!r}; expected one of {sorted(REMAT_POLICIES)}")
     policy = REMAT_POLICIES[name]
     return None if name == "none" else functools.partial(nnx.remat, policy=policy)
 
@@ -82,15 +65,15 @@ def uses_flow(mode: str) -> bool:
 class VLA(nnx.Module):
     def __init__(self, model: ml_collections.ConfigDict, io: IOShapes, *, rngs: nnx.Rngs):
         if model.dtype not in DTYPES:
-            raise ValueError(f"config key 'model.dtype' is {model.dtype!r}; expected one of {sorted(DTYPES)}")
+            raise ConfigError(f"config key 'model.dtype' is {model.dtype!r}; expected one of {sorted(DTYPES)}")
         if model.mode not in MODES:
-            raise ValueError(f"config key 'model.mode' is {model.mode!r}; expected one of {list(MODES)}")
+            raise ConfigError(f"config key 'model.mode' is {model.mode!r}; expected one of {list(MODES)}")
         dtype, remat = DTYPES[model.dtype], _remat(model.remat)
         vit, bb = model.vit, model.backbone
         self.io, self.mode, self.dtype = io, model.mode, dtype
         self.vit = ViT(
             io.image_size, vit.patch_size, vit.width, vit.depth, vit.num_heads, vit.mlp_dim,
-            rngs=rngs, dtype=dtype, remat=remat,
+            rngs=rngs, dtype=dtype, remat=remat, depth_input=bool(io.depth_cameras),
         )  # fmt: skip
         self.image_proj = Dense(vit.width, bb.width, ("vit_embed", "embed"), rngs=rngs, dtype=dtype)
         embed_init = nnx.initializers.normal(bb.width**-0.5)
@@ -100,7 +83,7 @@ class VLA(nnx.Module):
         self.backbone = Decoder(bb.width, *attention, ffns, rngs=rngs, dtype=dtype, remat=remat)
         if uses_flow(self.mode):
             self.action_expert = ActionExpert(
-                model.expert, bb, action_dim=io.action_dim, num_action_spaces=len(ACTION_SPACES),
+                model.expert, bb, action_dim=io.action_dim, num_action_spaces=io.num_action_spaces,
                 rngs=rngs, dtype=dtype, remat=remat,
             )  # fmt: skip
             self.flow_steps, self.flow_loss_weight = model.flow.num_steps, model.flow.loss_weight
@@ -108,17 +91,19 @@ class VLA(nnx.Module):
 
     # -- the prefix (cameras + prompt) through the backbone -------------------------------------------------------
 
-    def embed_prompt(self, batch: dict, tokens: jax.Array, token_mask: jax.Array, ar_mask: jax.Array):
-        """Camera and prompt embeddings ``[B, S, width]`` with their token mask, ar mask and rotary positions.
+    def embed_prompt(self, obs: Observation, tokens: jax.Array, token_mask: jax.Array, ar_mask: jax.Array):
+        """Image-stream and prompt embeddings ``[B, S, width]`` with their token mask, ar mask and rotary positions.
 
+        Every image stream (cameras, depth cameras, goal images; see
+        ``IOShapes.image_streams``) becomes one group of ViT tokens, in order.
         Positions count real tokens only, so a missing camera or prompt padding
         leaves no gap.
         """
         pieces, masks = [], []
-        for role in self.io.cameras:
-            image_tokens = self.image_proj(self.vit(batch[f"image_{role}"]))
+        for name, channels in self.io.image_streams:
+            image_tokens = self.image_proj(self.vit(obs.images[name], depth=channels == 1))
             pieces.append(image_tokens)
-            masks.append(jnp.broadcast_to(batch[f"image_{role}_mask"][:, None], image_tokens.shape[:2]))
+            masks.append(jnp.broadcast_to(obs.image_masks[name][:, None], image_tokens.shape[:2]))
         pieces.append(self.embed_tokens(tokens))
         masks.append(token_mask)
         x = sharding.constrain(
@@ -138,47 +123,48 @@ class VLA(nnx.Module):
         """Next-token logits (fp32) from backbone outputs; the output layer is the tied embedding."""
         return jnp.einsum("bnd,vd->bnv", x, self.embed[...].astype(x.dtype)).astype(jnp.float32)
 
-    def prompt_logits(self, batch: dict, tokens: jax.Array, token_mask: jax.Array, ar_mask: jax.Array) -> jax.Array:
+    def prompt_logits(
+        self, obs: Observation, tokens: jax.Array, token_mask: jax.Array, ar_mask: jax.Array
+    ) -> jax.Array:
         """Next-token logits ``[B, N, vocab]`` at each of the ``N`` prompt positions (full forward pass)."""
-        x, mask, ar, positions = self.embed_prompt(batch, tokens, token_mask, ar_mask)
+        x, mask, ar, positions = self.embed_prompt(obs, tokens, token_mask, ar_mask)
         out, _, _ = self.backbone(x, positions, prefix_lm_mask(mask, ar))
         return self.logits(out[:, -tokens.shape[1] :])
 
     # -- the action expert ----------------------------------------------------------------------------------------
 
-    def _routing(self, batch: dict) -> dict:
-        b = batch["actions"].shape[0]
+    def _routing(self, obs: Observation) -> dict:
         return {
-            "token_weight": jnp.ones((b, self.io.action_horizon), jnp.float32),
-            "action_space": batch["action_space"],
-            "action_dim_mask": batch["action_dim_mask"],
+            "token_weight": jnp.ones((obs.batch_size, self.io.action_horizon), jnp.float32),
+            "action_space": obs.action_space,
+            "action_dim_mask": obs.action_dim_mask,
         }
 
-    def _prefix_context(self, batch: dict):
+    def _prefix_context(self, obs: Observation):
         """Backbone outputs, per-layer keys/values and the masks of the whole prompt in the batch."""
-        x, mask, ar, positions = self.embed_prompt(
-            batch, batch["prompt_tokens"], batch["prompt_mask"], batch["prompt_ar_mask"]
-        )
+        x, mask, ar, positions = self.embed_prompt(obs, obs.prompt_tokens, obs.prompt_mask, obs.prompt_ar_mask)
         out, kvs, _ = self.backbone(x, positions, prefix_lm_mask(mask, ar))
         prefix = mask & ~ar  # the expert never sees a FAST postfix
         return out, kvs, prefix, jnp.sum(prefix, axis=-1)
 
     # -- training -------------------------------------------------------------------------------------------------
 
-    def loss(self, batch: dict, rng: jax.Array) -> tuple[jax.Array, dict]:
+    def loss(self, batch: Batch, rng: jax.Array) -> tuple[jax.Array, dict]:
         """Cross-entropy on the FAST postfix and/or flow-matching MSE, plus the MoE auxiliary losses.
 
         ``metrics["example_loss"] [B]`` is each example's own loss (without the
         auxiliary terms), for losses per dataset.
         """
-        out, kvs, prefix, prefix_length = self._prefix_context(batch)
-        metrics: dict = {"prompt_truncated_fraction": batch["prompt_truncated"].astype(jnp.float32).mean()}
+        check_batch(batch, self.io)
+        obs = batch.observation
+        out, kvs, prefix, prefix_length = self._prefix_context(obs)
+        metrics: dict = {"prompt_truncated_fraction": batch.prompt_truncated.astype(jnp.float32).mean()}
         total = jnp.zeros((), jnp.float32)
-        per_example = jnp.zeros(batch["actions"].shape[:1], jnp.float32)  # for per-dataset losses
+        per_example = jnp.zeros(batch.actions.shape[:1], jnp.float32)  # for per-dataset losses
         if uses_fast(self.mode):
-            tokens = batch["prompt_tokens"]
+            tokens = obs.prompt_tokens
             logits = self.logits(out[:, -tokens.shape[1] :])[:, :-1]
-            targets, weight = tokens[:, 1:], batch["prompt_loss_mask"][:, 1:].astype(jnp.float32)
+            targets, weight = tokens[:, 1:], batch.prompt_loss_mask[:, 1:].astype(jnp.float32)
             losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
             count = jnp.maximum(weight.sum(), 1.0)
             ce = (losses * weight).sum() / count
@@ -189,8 +175,8 @@ class VLA(nnx.Module):
         if uses_flow(self.mode):
             if self.knowledge_insulation:
                 kvs = jax.lax.stop_gradient(kvs)
-            noisy, time, target = noisy_chunks(rng, batch["actions"])
-            predicted, auxes = self.action_expert(noisy, time, kvs, prefix, prefix_length, self._routing(batch))
+            noisy, time, target = noisy_chunks(rng, batch.actions)
+            predicted, auxes = self.action_expert(noisy, time, kvs, prefix, prefix_length, self._routing(obs))
             weight = action_weight(batch)
             flow_mse = action_errors(predicted, target, weight)["mse"]
             squared = (jnp.square(predicted - target) * weight).sum((1, 2))
@@ -203,15 +189,16 @@ class VLA(nnx.Module):
 
     # -- inference ------------------------------------------------------------------------------------------------
 
-    def sample_actions(self, batch: dict, rng: jax.Array, num_steps: int | None = None) -> jax.Array:
+    def sample_actions(self, obs: Observation, rng: jax.Array, num_steps: int | None = None) -> jax.Array:
         """Flow modes: normalized action chunks ``[B, H, A]`` by Euler integration from noise (t=1) to data (t=0).
 
         The backbone runs once; each step runs only the expert. Any FAST postfix
         in the batch's prompt is ignored.
         """
+        check_batch(obs, self.io, "observation")
         num_steps = num_steps or self.flow_steps
-        _, kvs, prefix, prefix_length = self._prefix_context(batch)
-        routing = self._routing(batch)
+        _, kvs, prefix, prefix_length = self._prefix_context(obs)
+        routing = self._routing(obs)
         shape = (prefix.shape[0], self.io.action_horizon, self.io.action_dim)
 
         def velocity(x, time):
@@ -219,7 +206,7 @@ class VLA(nnx.Module):
 
         return euler_sample(velocity, jax.random.normal(rng, shape, jnp.float32), num_steps)
 
-    def generate(self, batch: dict, num_tokens: int, eos_id: int) -> jax.Array:
+    def generate(self, obs: Observation, num_tokens: int, eos_id: int) -> jax.Array:
         """FAST modes: greedy postfix ids ``[B, num_tokens]`` after each prompt's prefix, with a KV cache.
 
         The prefix is the part of ``prompt_tokens`` with ``prompt_ar_mask``
@@ -227,10 +214,9 @@ class VLA(nnx.Module):
         then each step runs one token. A row stops at its EOS (later ids are
         EOS) and the loop ends when every row has stopped.
         """
-        prefix_tokens = batch["prompt_mask"] & ~batch["prompt_ar_mask"]
-        x, mask, _, positions = self.embed_prompt(
-            batch, batch["prompt_tokens"], prefix_tokens, jnp.zeros_like(prefix_tokens)
-        )
+        check_batch(obs, self.io, "observation")
+        prefix_tokens = obs.prompt_mask & ~obs.prompt_ar_mask
+        x, mask, _, positions = self.embed_prompt(obs, obs.prompt_tokens, prefix_tokens, jnp.zeros_like(prefix_tokens))
         b, length = mask.shape
         size = length + num_tokens
         bb = self.backbone.layers[0]
@@ -266,11 +252,11 @@ class VLA(nnx.Module):
         _, tokens, _, _ = jax.lax.while_loop(running, step, (jnp.int32(0), tokens, cache, first == eos_id))
         return tokens
 
-    def generate_uncached(self, batch: dict, num_tokens: int, eos_id: int) -> jax.Array:
+    def generate_uncached(self, obs: Observation, num_tokens: int, eos_id: int) -> jax.Array:
         """The same greedy decoding as :meth:`generate` by full forward passes (the reference; slow)."""
-        prefix_mask = batch["prompt_mask"] & ~batch["prompt_ar_mask"]
+        prefix_mask = obs.prompt_mask & ~obs.prompt_ar_mask
         rows, length = prefix_mask.shape
-        tokens = jnp.concatenate([batch["prompt_tokens"], jnp.zeros((rows, num_tokens), jnp.int32)], axis=1)
+        tokens = jnp.concatenate([obs.prompt_tokens, jnp.zeros((rows, num_tokens), jnp.int32)], axis=1)
         last = jnp.sum(prefix_mask, axis=1) - 1  # where the first postfix id is predicted
 
         def step(carry):
@@ -278,7 +264,7 @@ class VLA(nnx.Module):
             written = jnp.broadcast_to(jnp.arange(num_tokens)[None, :] < i, (rows, num_tokens))
             mask = jnp.concatenate([prefix_mask, written], axis=1)
             ar = jnp.concatenate([jnp.zeros_like(prefix_mask), mask[:, length:]], axis=1)
-            logits = self.prompt_logits(batch, tokens, mask, ar)
+            logits = self.prompt_logits(obs, tokens, mask, ar)
             where = jnp.where(i == 0, last, length + i - 1)
             next_id = jnp.argmax(jnp.take_along_axis(logits, where[:, None, None], axis=1)[:, 0], axis=-1)
             next_id = jnp.where(done, eos_id, next_id).astype(jnp.int32)
@@ -295,9 +281,9 @@ class VLA(nnx.Module):
         return jnp.where(jnp.arange(num_tokens)[None, :] < i, generated, eos_id)
 
 
-def action_weight(batch: dict[str, jax.Array]) -> jax.Array:
+def action_weight(batch: Batch) -> jax.Array:
     """1 where a target counts: a real chunk step (not end-of-episode padding) and a real dim (not width padding)."""
-    return (batch["action_mask"][:, :, None] & batch["action_dim_mask"][:, None, :]).astype(jnp.float32)
+    return (batch.action_mask[:, :, None] & batch.observation.action_dim_mask[:, None, :]).astype(jnp.float32)
 
 
 def action_errors(predicted: jax.Array, target: jax.Array, weight: jax.Array) -> dict[str, jax.Array]:

@@ -64,43 +64,51 @@ def text_tokenizer(tok: ml_collections.ConfigDict, instructions: Callable[[], np
     return train_text_model(text_corpus(instructions(), tok.state_bins), tok.text_vocab_size, symbols=bins)
 
 
-def model_vocab_size(tok: ml_collections.ConfigDict) -> int:
-    """Embedding rows of the model: fixed by the config (and a given text model), not by fitting."""
+def model_vocab_size(tok: ml_collections.ConfigDict, with_actions: bool = True) -> int:
+    """Embedding rows of the model: fixed by the config (and a given text model), not by fitting.
+
+    Without action tokens (flow mode: the prompt has no action postfix) no ids are reserved for them.
+    """
     if tok.vocab_size:
         return tok.vocab_size
     text = SentencePieceTokenizer.from_file(tok.text_model).vocab_size if tok.text_model else tok.text_vocab_size
-    return text + tok.action_vocab_size + tok.reserved_tail
+    return text + (tok.action_vocab_size if with_actions else 0) + tok.reserved_tail
 
 
 def prompt_tokenizer(
-    tok: ml_collections.ConfigDict, text: SentencePieceTokenizer, actions: ActionTokenizer
+    tok: ml_collections.ConfigDict, text: SentencePieceTokenizer, actions: ActionTokenizer | None
 ) -> PromptTokenizer:
+    """The prompt tokenizer of a run; ``actions`` None (flow mode) writes prefixes only."""
     if not tok.text_model and text.vocab_size > tok.text_vocab_size:
         raise ConfigError(f"the text model has {text.vocab_size} ids, more than tokenizer.text_vocab_size")
     return PromptTokenizer(
         text,
         actions,
         max_length=tok.max_length,
-        vocab_size=model_vocab_size(tok),
+        vocab_size=model_vocab_size(tok, with_actions=actions is not None),
         reserved_tail=tok.reserved_tail,
-        action_ids=tok.action_vocab_size,
+        action_ids=tok.action_vocab_size if actions is not None else 0,
         state_bins=tok.state_bins,
     )
 
 
-def files_to_bytes(text: SentencePieceTokenizer, actions: ActionTokenizer) -> dict[str, bytes]:
-    """The run's tokenizer files, as they are written into its workdir."""
-    with tempfile.TemporaryDirectory() as tmp:
-        actions.save(pathlib.Path(tmp) / ACTION_FILE)
-        action_bytes = (pathlib.Path(tmp) / ACTION_FILE).read_bytes()
-    return {ACTION_FILE: action_bytes, TEXT_FILE: text.model_proto}
+def files_to_bytes(text: SentencePieceTokenizer, actions: ActionTokenizer | None) -> dict[str, bytes]:
+    """The run's tokenizer files, as they are written into its workdir (no action file without actions)."""
+    files = {TEXT_FILE: text.model_proto}
+    if actions is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            actions.save(pathlib.Path(tmp) / ACTION_FILE)
+            files[ACTION_FILE] = (pathlib.Path(tmp) / ACTION_FILE).read_bytes()
+    return files
 
 
 def from_files(
-    directory: pathlib.Path, *, horizon: int, action_dim: int, normalization: str
-) -> tuple[SentencePieceTokenizer, ActionTokenizer]:
-    """The text model and action tokenizer a run wrote into ``directory``."""
+    directory: pathlib.Path, *, horizon: int, action_dim: int, normalization: str, with_actions: bool = True
+) -> tuple[SentencePieceTokenizer, ActionTokenizer | None]:
+    """The text model and (``with_actions``) the action tokenizer a run wrote into ``directory``."""
     text = SentencePieceTokenizer.from_file(directory / TEXT_FILE)
+    if not with_actions:
+        return text, None
     actions = load_action_file(
         directory / ACTION_FILE, horizon=horizon, action_dim=action_dim, normalization=normalization
     )

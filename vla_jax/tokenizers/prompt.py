@@ -41,13 +41,14 @@ class PromptTokenizer:
     model's vocabulary plus ``action_ids`` (default: the action vocabulary), so
     the ranges are disjoint by construction. A larger value (e.g. PaliGemma's
     257,152) places the action ids at its tail, just below the last
-    ``reserved_tail`` ids.
+    ``reserved_tail`` ids. With ``actions`` None (flow mode) no action ids are
+    reserved and prompts are prefixes only.
     """
 
     def __init__(
         self,
         text: SentencePieceTokenizer,
-        actions: ActionTokenizer,
+        actions: ActionTokenizer | None,
         *,
         max_length: int,
         vocab_size: int = 0,
@@ -57,11 +58,10 @@ class PromptTokenizer:
     ):
         self.text, self.actions = text, actions
         self.max_length, self.state_bins = max_length, state_bins
-        self.action_ids = action_ids or actions.vocab_size
-        if self.action_ids < actions.vocab_size:
-            raise ValueError(
-                f"{self.action_ids} reserved action ids cannot hold a {actions.vocab_size}-id action tokenizer"
-            )
+        action_vocab = actions.vocab_size if actions is not None else 0
+        self.action_ids = action_ids or action_vocab
+        if self.action_ids < action_vocab:
+            raise ValueError(f"{self.action_ids} reserved action ids cannot hold a {action_vocab}-id action tokenizer")
         self.vocab_size = vocab_size or text.vocab_size + self.action_ids + reserved_tail
         self.action_start = self.vocab_size - reserved_tail - self.action_ids
         if self.action_start < 1:
@@ -75,7 +75,7 @@ class PromptTokenizer:
 
     @property
     def action_stop(self) -> int:
-        return self.action_start + self.actions.vocab_size
+        return self.action_start + (self.actions.vocab_size if self.actions is not None else 0)
 
     def _text_ids(self, ids: list[int]) -> list[int]:
         """Text ids with any id inside the action range replaced by the unknown id."""
@@ -105,6 +105,8 @@ class PromptTokenizer:
         Without ``actions`` (inference) only the prefix is written.
         """
         prefixes = self.prefixes(instructions, states, state_masks)
+        if actions is not None and self.actions is None:
+            raise ValueError("this prompt tokenizer has no action tokenizer (flow mode): prompts are prefixes only")
         postfixes = (
             [[] for _ in prefixes] if actions is None else [self.postfix(a) for a in self.actions.encode(actions)]
         )

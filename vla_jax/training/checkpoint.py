@@ -32,6 +32,21 @@ from vla_jax.errors import CheckpointError
 log = logging.getLogger(__name__)
 
 
+ARRAY_ITEMS = ("params", "opt_state", "ema")
+
+
+def array_leaves(tree) -> list[tuple[str, tuple[int, ...], str]]:
+    """``(path, shape, dtype)`` of every array leaf (arrays, abstract arrays or Orbax array metadata), in order."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
+    leaves = []
+    for path, leaf in flat:
+        if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
+            continue
+        name = "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+        leaves.append((name, tuple(leaf.shape), str(np.dtype(leaf.dtype))))
+    return leaves
+
+
 class Checkpointer:
     """Saves and restores train states in ``directory`` (async, keep last N)."""
 
@@ -138,31 +153,43 @@ class Checkpointer:
         """The items a step directory holds."""
         return sorted(p.name for p in (self.directory / str(step)).iterdir() if p.is_dir())
 
+    def saved_arrays(self, step: int) -> dict[str, list[tuple[str, tuple[int, ...], str]]]:
+        """``item -> [(path, shape, dtype)]`` of the array items of ``step``, from Orbax's metadata (no array read)."""
+        metadata = self.manager.item_metadata(step)
+        found = {}
+        for item in ARRAY_ITEMS:
+            if item in metadata and metadata[item] is not None:
+                found[item] = array_leaves(getattr(metadata[item], "tree", metadata[item]))
+        return found
+
     def saved_config(self, step: int) -> dict:
         """The resolved config stored with ``step``."""
         return dict(self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
 
-    def restore_latest(self, abstract_state: dict, check_config: Callable[[dict], None] | None = None) -> dict | None:
+    def restore_latest(
+        self, abstract_state: dict, check_config: Callable[[int, Checkpointer], None] | None = None
+    ) -> dict | None:
         """The newest readable checkpoint, or None if there is none at all.
 
         An unreadable newest step is reported and moved aside to
         ``<step>.unreadable`` (kept for inspection, and out of the way of the
         run's next save at that step), and the one before is tried; if steps
         exist but none can be read, that is an error, not a fresh start.
-        ``check_config`` sees each step's saved config before its arrays are read
-        and raises if the checkpoint cannot serve this run (that is not damage,
-        so it is not skipped).
+        ``check_config(step, checkpointer)`` sees each step before its arrays
+        are read and raises if the checkpoint cannot serve this run (that is not
+        damage, so it is not skipped).
         """
         steps = self.all_steps()
         failures = []
         for step in reversed(steps):
             try:
-                saved = self.saved_config(step) if check_config else None
+                self.saved_config(step)
+                self.saved_arrays(step)
             except Exception as e:  # a damaged step: say so and try the previous one
                 failures.append(self._report_unreadable(step, e))
                 continue
             if check_config:
-                check_config(saved)
+                check_config(step, self)
             try:
                 restored = self.restore(step, abstract_state)
             except Exception as e:

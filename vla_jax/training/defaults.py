@@ -18,6 +18,7 @@ def run_config(**overrides) -> ml_collections.ConfigDict:
     c.seed = 0
     c.grad_accum_steps = 1  # the batch is split into this many micro-batches per step
     c.ema_decay = 0.0  # 0: no EMA; else EMA params (e.g. 0.999) are kept, checkpointed and validated
+    c.max_nonfinite_skips = 0  # steps with a non-finite loss/gradient skipped (logged) before the run stops
     c.log_every = 50
     c.eval_every = 1000
     c.checkpoint_every = 500

@@ -76,6 +76,24 @@ def frozen_labels(params, pattern: str):
     )
 
 
+def check_freeze_matches(config: ml_collections.ConfigDict, params) -> None:
+    """A freeze regex that matches no parameter is a ConfigError naming it (a typo would train everything)."""
+    pattern = config.freeze
+    if not pattern:
+        return
+    try:
+        regex = re.compile(pattern)
+    except re.error as e:
+        raise ConfigError(f"config key 'optimizer.freeze' is not a valid regex ({e}): {pattern!r}") from None
+    paths = [param_path(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    if not any(regex.search(path) for path in paths):
+        tops = sorted({path.split("/")[0] for path in paths})
+        raise ConfigError(
+            f"config key 'optimizer.freeze' is {pattern!r}, which matches no parameter; parameter paths look like "
+            f"{paths[0]!r} (top-level modules {tops})"
+        )
+
+
 def make_optimizer(config: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
     """Clip by global norm, then AdamW; no weight decay on vectors. Frozen parameters are left out entirely."""
     trained = optax.chain(

@@ -9,10 +9,11 @@ from flax import nnx
 
 from vla_jax import sharding
 from vla_jax.models.vla import action_weight
+from vla_jax.observation import Batch
 from vla_jax.training.state import StateLayout
 
 
-def _micro_batches(batch: dict, count: int) -> dict:
+def _micro_batches(batch: Batch, count: int) -> Batch:
     """``[B, ...]`` leaves to ``[count, B / count, ...]``; micro-batch ``i`` takes rows ``i, i + count, ...``.
 
     Striding (rather than contiguous blocks) keeps every micro-batch spread
@@ -45,6 +46,10 @@ def make_train_step(
     one would. With ``grad_accum_steps > 1`` the gradient is the mean over
     micro-batches. ``metrics["loss_by_dataset"]`` is the mean example loss of
     each dataset of the mixture (NaN where the batch has none).
+
+    A step whose loss, gradient norm or update norm is not finite keeps the
+    previous parameters and optimizer state (``metrics["finite"]`` is False; the
+    trainer stops or skips on it), so non-finite values never reach the state.
     """
 
     def grads_and_metrics(params, batch, rng):
@@ -54,12 +59,12 @@ def make_train_step(
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         metrics = dict(metrics, loss=loss)
         example_loss = metrics.pop("example_loss")
-        index = batch["dataset_index"]
+        index = batch.dataset_index
         metrics["dataset_loss_sum"] = jax.ops.segment_sum(example_loss, index, num_datasets)
         metrics["dataset_count"] = jax.ops.segment_sum(jnp.ones_like(example_loss), index, num_datasets)
         return grads, metrics
 
-    def train_step(state: dict, batch: dict) -> tuple[dict, dict]:
+    def train_step(state: dict, batch: Batch) -> tuple[dict, dict]:
         rng = jax.random.fold_in(jax.random.key(seed), state["step"])
         if grad_accum_steps == 1:
             grads, metrics = grads_and_metrics(state["params"], batch, rng)
@@ -82,6 +87,16 @@ def make_train_step(
         count = metrics.pop("dataset_count")
         metrics["loss_by_dataset"] = metrics.pop("dataset_loss_sum") / jnp.where(count > 0, count, jnp.nan)
         metrics["grad_norm"] = optax.tree.norm(grads)
+        metrics["update_norm"] = optax.tree.norm(updates)
+        finite = (
+            jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"]) & jnp.isfinite(metrics["update_norm"])
+        )
+        metrics["finite"] = finite
+
+        def if_finite(new, old):
+            return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+        params, opt_state = if_finite(params, state["params"]), if_finite(opt_state, state["opt_state"])
         new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1}
         if "ema" in state:
             new_state["ema"] = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state["ema"], params)
@@ -98,14 +113,14 @@ def make_train_step(
 def make_loss_step(layout: StateLayout, batch_sharding, seed: int = 0):
     """``(params, batch) -> loss`` (validation loss; the flow noise is fixed by ``seed``)."""
 
-    def loss_step(params: dict, batch: dict) -> jax.Array:
+    def loss_step(params: dict, batch: Batch) -> jax.Array:
         return nnx.merge(layout.graphdef, params).loss(batch, jax.random.key(seed))[0]
 
     return jax.jit(loss_step, in_shardings=(layout.shardings["params"], batch_sharding))
 
 
-def _targets(batch: dict) -> dict:
-    return {"actions": batch["actions"], "weight": action_weight(batch), "dataset_index": batch["dataset_index"]}
+def _targets(batch: Batch) -> dict:
+    return {"actions": batch.actions, "weight": action_weight(batch), "dataset_index": batch.dataset_index}
 
 
 def make_sample_step(layout: StateLayout, batch_sharding, seed: int = 0):
@@ -115,8 +130,8 @@ def make_sample_step(layout: StateLayout, batch_sharding, seed: int = 0):
     from noise drawn with ``seed``, the same for every evaluation.
     """
 
-    def sample_step(params: dict, batch: dict) -> dict:
-        predicted = nnx.merge(layout.graphdef, params).sample_actions(batch, jax.random.key(seed))
+    def sample_step(params: dict, batch: Batch) -> dict:
+        predicted = nnx.merge(layout.graphdef, params).sample_actions(batch.observation, jax.random.key(seed))
         return {"predicted": predicted, **_targets(batch)}
 
     return jax.jit(
@@ -133,8 +148,8 @@ def make_generate_step(layout: StateLayout, batch_sharding, num_tokens: int, eos
     targets come along so each host can decode and score the whole global batch.
     """
 
-    def generate_step(params: dict, batch: dict) -> dict:
-        generated = nnx.merge(layout.graphdef, params).generate(batch, num_tokens, eos_id)
+    def generate_step(params: dict, batch: Batch) -> dict:
+        generated = nnx.merge(layout.graphdef, params).generate(batch.observation, num_tokens, eos_id)
         return {"generated": generated, **_targets(batch)}
 
     return jax.jit(

@@ -19,7 +19,8 @@ from flax import nnx
 
 from vla_jax import sharding
 from vla_jax.models import moe
-from vla_jax.models.vla import IOShapes, build_model, uses_fast, uses_flow
+from vla_jax.models.vla import build_model, uses_fast, uses_flow
+from vla_jax.observation import IOShapes
 from vla_jax.training import state
 
 
@@ -43,17 +44,20 @@ def _inactive_params(model: nnx.Module) -> dict[str, int]:
 
 
 def backbone_tokens(model_config: ml_collections.ConfigDict, io: IOShapes) -> int:
-    """Tokens per example in the backbone: every camera's patches and the prompt."""
-    return len(io.cameras) * (io.image_size // model_config.vit.patch_size) ** 2 + io.text_length
+    """Tokens per example in the backbone: every image stream's patches (cameras, depth, goals) and the prompt."""
+    return len(io.image_streams) * (io.image_size // model_config.vit.patch_size) ** 2 + io.text_length
 
 
 def forward_flops(model_config: ml_collections.ConfigDict, io: IOShapes) -> dict[str, int]:
     """Matmul FLOPs (2 per multiply-add) of one example's forward pass, per part; MoE at its active experts."""
     vit, bb, mode = model_config.vit, model_config.backbone, model_config.mode
     patches = (io.image_size // vit.patch_size) ** 2
-    per_image = 2 * patches * vit.patch_size**2 * 3 * vit.width + 2 * patches * vit.width * bb.width
-    per_image += vit.depth * (
-        2 * patches * (4 * vit.width**2 + 2 * vit.width * vit.mlp_dim) + 4 * patches**2 * vit.width
+    blocks = vit.depth * (2 * patches * (4 * vit.width**2 + 2 * vit.width * vit.mlp_dim) + 4 * patches**2 * vit.width)
+    # Every image stream (cameras, depth cameras, goal images): its patch embedding (3 channels, or 1 for depth),
+    # the shared blocks and the projection into the backbone.
+    vision = sum(
+        2 * patches * vit.patch_size**2 * channels * vit.width + blocks + 2 * patches * vit.width * bb.width
+        for _, channels in io.image_streams
     )
     seq = backbone_tokens(model_config, io)
     heads, kv, hd = bb.num_heads, bb.num_kv_heads, bb.head_dim
@@ -62,10 +66,12 @@ def forward_flops(model_config: ml_collections.ConfigDict, io: IOShapes) -> dict
         projections = 2 * queries * width * (2 * heads + 2 * kv) * hd
         return projections + 4 * queries * keys * heads * hd
 
-    backbone = bb.depth * (attention(bb.width, seq, seq) + 2 * seq * 3 * bb.width * bb.mlp_dim)
+    layer = attention(bb.width, seq, seq) + 2 * seq * 3 * bb.width * bb.mlp_dim
     if uses_fast(mode):
-        backbone += 2 * io.text_length * io.text_vocab_size * bb.width
-    flops = {"vision": len(io.cameras) * per_image, "backbone": backbone, "action_expert": 0}
+        backbone = bb.depth * layer + 2 * io.text_length * io.text_vocab_size * bb.width
+    else:  # the expert reads only the backbone's keys/values: its last layer computes nothing else
+        backbone = (bb.depth - 1) * layer + 2 * seq * bb.width * 2 * kv * hd
+    flops = {"vision": vision, "backbone": backbone, "action_expert": 0}
     if uses_flow(mode):
         ex, cfg, h = model_config.expert, model_config.expert.moe, io.action_horizon
         width = ex.width

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import pathlib
 import signal
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import jax
 import ml_collections
@@ -18,12 +20,14 @@ import optax
 from jax.experimental import multihost_utils
 
 from vla_jax import config as config_lib
-from vla_jax import sharding
+from vla_jax import sharding, validation
 from vla_jax.data import loader
+from vla_jax.data.specs import ACTION_SPACES
 from vla_jax.data.statistics import normalize, unnormalize
-from vla_jax.errors import CheckpointError, ConfigError
+from vla_jax.errors import CheckpointError, ConfigError, VlaJaxError
 from vla_jax.files import write_atomically
-from vla_jax.models.vla import VLA, IOShapes, build_model, uses_fast, uses_flow
+from vla_jax.models.vla import VLA, build_model, uses_fast, uses_flow
+from vla_jax.observation import IOShapes
 from vla_jax.tokenizers import build
 from vla_jax.tokenizers.prompt import PromptTokenizer
 from vla_jax.training import checkpoint, metrics, optimizer, state, step
@@ -42,60 +46,76 @@ def io_shapes(config: ml_collections.ConfigDict, mix: loader.DataMixture | None 
     return IOShapes(
         cameras=tuple(config.data.cameras),
         image_size=config.data.image_size,
-        text_vocab_size=build.model_vocab_size(config.tokenizer),
+        text_vocab_size=build.model_vocab_size(config.tokenizer, with_actions=uses_fast(config.model.mode)),
         text_length=config.tokenizer.max_length,
         state_dim=mix.state_dim if mix else config.data.state_dim,
         action_dim=mix.action_dim if mix else config.data.action_dim,
         action_horizon=config.data.action_horizon,
+        depth_cameras=tuple(config.data.depth_cameras),
+        goal_images=bool(config.data.goal_relabeling),
+        num_action_spaces=len(ACTION_SPACES),
     )
 
 
-# Config fields that fix the shapes of the train state: a checkpoint made with
-# other values cannot be resumed.
-STATE_DEFINING_KEYS = (
-    "model",
-    "data.mixture",
-    "data.action_dim",
-    "data.state_dim",
-    "data.history",
-    "data.depth_cameras",
-    "data.cameras",
-    "data.image_size",
-    "data.action_horizon",
-    "tokenizer.action",
-    "tokenizer.action_vocab_size",
-    "tokenizer.fast_scale",
-    "tokenizer.text_vocab_size",
-    "tokenizer.vocab_size",
-    "tokenizer.reserved_tail",
-    "tokenizer.max_length",
-    "tokenizer.state_bins",
-)
 TOKENIZER_DIR = "tokenizers"
+FAILED_FILE = "FAILED"
 
 
-def check_resumable(saved: dict, config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
-    """Raises CheckpointError naming each state-defining field that differs from the checkpoint's."""
-    current = json.loads(config_lib.to_json(config))
-    saved = json.loads(json.dumps(saved, default=str))
-    differences = []
-    for key in STATE_DEFINING_KEYS:
-        a, b = saved, current
-        for part in key.split("."):
-            a, b = (a or {}).get(part), (b or {}).get(part)
-        for sub, (old, new) in _flat_diff(key, a, b):
-            differences.append(f"{sub} is {old!r} there, {new!r} here")
-    if differences:
+def check_resumable(
+    step: int, ckpt: checkpoint.Checkpointer, *, layout: state.StateLayout, config: ml_collections.ConfigDict
+) -> None:
+    """Raises CheckpointError when ``step``'s saved arrays cannot be restored into this run's train state.
+
+    What decides is what cannot be restored: the saved shapes and dtypes against
+    the ones this config builds. The difference of the two configs is given as the explanation.
+    """
+    saved = ckpt.saved_arrays(step)
+    problems = []
+    for item, leaves in saved.items():
+        if item not in layout.abstract:
+            continue
+        expected = checkpoint.array_leaves(layout.abstract[item])
+        if item == "opt_state":  # optax's containers are saved as plain lists: compare shapes in order
+            expected, leaves = [("", *e[1:]) for e in expected], [("", *e[1:]) for e in leaves]
+        if len(expected) != len(leaves):
+            problems.append(f"{item} holds {len(leaves)} arrays there, {len(expected)} here")
+            continue
+        by_path = dict(zip([e[0] for e in expected], expected, strict=True))
+        for name, shape, dtype in leaves:
+            want = by_path.get(name) if name else None
+            if name and want is None:
+                problems.append(f"{item} {name} is there but not here")
+            elif want is not None and (want[1], want[2]) != (shape, dtype):
+                problems.append(f"{item} {name} is {shape} {dtype} there, {want[1]} {want[2]} here")
+        if item == "opt_state":
+            for (_, a_shape, a_dtype), (_, b_shape, b_dtype) in zip(leaves, expected, strict=True):
+                if (a_shape, a_dtype) != (b_shape, b_dtype):
+                    problems.append(f"opt_state has a {a_shape} {a_dtype} array there, {b_shape} {b_dtype} here")
+                    break
+    if problems:
+        diff = config_diff(ckpt.saved_config(step), config)
+        shown = "; ".join(problems[:4]) + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")
         raise CheckpointError(
-            f"workdir {workdir} holds checkpoints of a different model ({'; '.join(differences)}); "
+            f"checkpoint step {step} in {ckpt.directory} cannot be restored into this config's train state "
+            f"({shown}); the configs differ in {diff or 'nothing (the code changed)'}; "
             "use a new --workdir, or the config it was trained with"
         )
+
+
+def config_diff(saved: dict, config: ml_collections.ConfigDict, limit: int = 8) -> str:
+    """``key: old -> new`` for each leaf field that differs between a saved config and ``config``."""
+    current = json.loads(config_lib.to_json(config))
+    saved = json.loads(json.dumps(saved, default=str))
+    differences = [f"{key}: {old!r} -> {new!r}" for key, (old, new) in _flat_diff("", saved, current)]
+    return ", ".join(differences[:limit]) + (
+        f", and {len(differences) - limit} more" if len(differences) > limit else ""
+    )
 
 
 def _flat_diff(prefix: str, old, new):
     if isinstance(old, dict) and isinstance(new, dict):
         for key in sorted(set(old) | set(new)):
-            yield from _flat_diff(f"{prefix}.{key}", old.get(key), new.get(key))
+            yield from _flat_diff(f"{prefix}.{key}" if prefix else key, old.get(key), new.get(key))
     elif old != new:
         yield prefix, (old, new)
 
@@ -214,29 +234,69 @@ def prepare_prompt_tokenizer(
 
     Process 0 fits (or loads) the tokenizers and writes them; the other processes
     read them from the (shared) workdir, so every host uses the same ones
-    whatever data shard it reads.
+    whatever data shard it reads. Flow mode needs no action tokenizer, so none
+    is fit. A fresh run checks that prompts fit ``tokenizer.max_length`` on the
+    fit data (see :func:`check_prompt_length`).
     """
     tok, directory = config.tokenizer, workdir / TOKENIZER_DIR
+    with_actions = uses_fast(config.model.mode)
     shape = {
         "horizon": config.data.action_horizon,
         "action_dim": mix.action_dim,
         "normalization": config.data.normalization,
     }
-    if jax.process_index() == 0 and not (directory / build.ACTION_FILE).exists():
-        sample = functools.cache(
-            lambda: loader.action_chunks(mix, config.data, split="train", max_chunks=tok.fit_chunks, seed=config.seed)
-        )
-        if tok.action_file:
+    last_file = build.ACTION_FILE if with_actions else build.TEXT_FILE  # written last: it marks the set complete
+    if jax.process_index() == 0 and not (directory / last_file).exists():
+        sample = loader.action_chunks(mix, config.data, split="train", max_chunks=tok.fit_chunks, seed=config.seed)
+        actions = None
+        if with_actions and tok.action_file:
             actions = build.load_action_file(tok.action_file, **shape)
-        else:
-            actions = build.fit_action_tokenizer(tok, sample()["actions"], config.data.normalization)
-        text = build.text_tokenizer(tok, lambda: sample()["instruction"])
+        elif with_actions:
+            actions = build.fit_action_tokenizer(tok, sample["actions"], config.data.normalization)
+        text = build.text_tokenizer(tok, lambda: sample["instruction"])
+        check_prompt_length(build.prompt_tokenizer(tok, text, actions), sample, mix.state_dim)
         files = build.files_to_bytes(text, actions)
-        for name in (build.TEXT_FILE, build.ACTION_FILE):  # the action file last: it marks the set complete
+        for name in sorted(files, key=lambda name: name == last_file):
             write_atomically(directory / name, files[name])
     multihost_utils.sync_global_devices("vla_jax tokenizers written")
-    text, actions = build.from_files(directory, **shape)
+    text, actions = build.from_files(directory, **shape, with_actions=with_actions)
     return build.prompt_tokenizer(tok, text, actions)
+
+
+MAX_TRUNCATED_FRACTION = 0.05  # more prompts than this cut by max_length is a config error
+
+
+def check_prompt_length(prompt: PromptTokenizer, sample: dict, state_dim: int, examples: int = 2000) -> float:
+    """The fraction of fit examples whose prompt is longer than ``tokenizer.max_length`` (printed).
+
+    Measured on up to ``examples`` of the tokenizer's fit data, with every state
+    dim written (the widest prompt). Above ``MAX_TRUNCATED_FRACTION`` it is a
+    ConfigError naming the length that would hold 99% of them.
+    """
+    count = min(examples, len(sample["instruction"]))
+    states = np.zeros((count, state_dim), np.float32)
+    actions = sample["actions"][:count] if prompt.actions is not None else None
+    prefixes = prompt.prefixes(sample["instruction"][:count], states, np.ones_like(states, bool))
+    postfixes = prompt.actions.encode(actions) if actions is not None else [[] for _ in prefixes]
+    lengths = np.array(
+        [
+            len(a) + (len(prompt.postfix(b)) if actions is not None else 0)
+            for a, b in zip(prefixes, postfixes, strict=True)
+        ]
+    )
+    fraction = float((lengths > prompt.max_length).mean())
+    if fraction > MAX_TRUNCATED_FRACTION:
+        raise ConfigError(
+            f"config key 'tokenizer.max_length' is {prompt.max_length}; {fraction:.0%} of {count} prompts of the fit "
+            f"data are longer (longest {lengths.max()} ids); expected at least {int(np.ceil(np.quantile(lengths, 0.99)))}"
+        )
+    if jax.process_index() == 0:
+        print(
+            f"vla_jax: prompts: {fraction:.1%} of {count} fit examples longer than tokenizer.max_length="
+            f"{prompt.max_length} (longest {lengths.max()} ids)",
+            flush=True,
+        )
+    return fraction
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,6 +323,7 @@ def setup(config: ml_collections.ConfigDict, devices=None) -> Setup:
     model_fn = functools.partial(build_model, config.model, io, config.seed)
     with sharding.logical_rules(rules):
         layout = state.make_layout(model_fn, tx, mesh, rules, config.sharding.fsdp_min_bytes, ema=config.ema_decay > 0)
+    optimizer.check_freeze_matches(config.optimizer, layout.abstract["params"])
     check_replicated_fraction(config, mesh, layout.replicated_fraction)
     return Setup(mesh, rules, data, tx, io, model_fn, layout, sharding.batch_sharding(mesh))
 
@@ -374,53 +435,68 @@ def _named_vectors(logged: dict, names: tuple[str, ...]) -> dict:
     return logged
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, stop_at_step: int | None = None) -> dict:
-    """Trains to ``config.num_steps`` (or ``stop_at_step``), resuming from ``workdir``.
+@dataclasses.dataclass
+class Run:
+    """A started run: what :func:`start` built and :func:`loop` uses. Its resources close with the ExitStack."""
 
-    On SIGTERM (preemption) it saves at the current step and returns. Returns
-    the last logged training metrics and validation results.
+    config: ml_collections.ConfigDict
+    workdir: pathlib.Path
+    setup: Setup
+    ckpt: checkpoint.Checkpointer
+    state: dict
+    start_step: int
+    prompt: PromptTokenizer
+    tokenizer_files: dict[str, bytes]
+    train_step: Callable
+    eval_steps: dict
+    loss_step: Callable
+    val_global: list
+    batches: Iterator
+    writer: metrics.MetricsWriter
+    preemption: PreemptionFlag
+    last_saved: int | None = None
+
+
+def start(
+    config: ml_collections.ConfigDict, workdir: pathlib.Path, resources: contextlib.ExitStack, *, end_step: int
+) -> Run:
+    """Setup: mesh, data, state (restored or new), tokenizers, jitted steps, data streams, writers.
+
+    Every resource is registered on ``resources`` as soon as it exists, so an
+    error at any point releases what was built before it.
     """
-    workdir = pathlib.Path(workdir).absolute()
+    run = setup(config)
     workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
-
-    run = setup(config)
-    mesh, rules, data, layout = run.mesh, run.rules, run.data, run.layout
-    tx, batch_sharding = run.optimizer, run.batch_sharding
-    schedule = optimizer.learning_rate_schedule(config.optimizer, config.num_steps)
-
     ckpt = checkpoint.Checkpointer(
         workdir / "checkpoints",
         max_to_keep=config.keep_checkpoints,
         save_interval_steps=config.checkpoint_every,
         keep_period=config.keep_period,
     )
-    restored = ckpt.restore_latest(
-        layout.abstract, check_config=functools.partial(check_resumable, config=config, workdir=workdir)
-    )
+    resources.callback(ckpt.close)
+    resources.callback(ckpt.wait)  # runs before close: a pending save finishes first
+    check = functools.partial(check_resumable, layout=run.layout, config=config)
+    restored = ckpt.restore_latest(run.layout.abstract, check_config=check)
     if is_main:
         (workdir / "config.json").write_text(config_lib.to_json(config))
+    layout, tx = run.layout, run.optimizer
     train_state = state.init_state(run.model_fn, tx, layout) if restored is None else restored["state"]
     start_step = int(jax.device_get(train_state["step"]))
-    end_step = config.num_steps if stop_at_step is None else min(stop_at_step, config.num_steps)
-    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(layout.abstract["params"]))
     if is_main:
+        num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(layout.abstract["params"]))
         origin = f"resumed from step {start_step}" if restored is not None else "fresh start"
         print(
-            f"vla_jax: {jax.process_count()} processes, {jax.device_count()} devices, mesh {dict(mesh.shape)}, "
+            f"vla_jax: {jax.process_count()} processes, {jax.device_count()} devices, mesh {dict(run.mesh.shape)}, "
             f"{num_params:,} params ({layout.replicated_fraction:.1%} of bytes replicated), {origin}, "
             f"training to step {end_step}",
             flush=True,
         )
-
-    prompt = prepare_prompt_tokenizer(config, data, workdir)
+    prompt = prepare_prompt_tokenizer(config, run.data, workdir)
     tokenizer_files = {p.name: p.read_bytes() for p in sorted((workdir / TOKENIZER_DIR).iterdir())}
     prompt_actions = uses_fast(config.model.mode)  # flow mode's prompts have no action postfix
-    io = run.io
-    flops_per_example = 3 * sum(summary_lib.forward_flops(config.model, io).values())
-    tokens_per_example = summary_lib.backbone_tokens(config.model, io)
-    peak = device_peak_flops(config)
-    with sharding.logical_rules(rules), jax.set_mesh(mesh):
+    data, batch_sharding = run.data, run.batch_sharding
+    with sharding.logical_rules(run.rules), jax.set_mesh(run.mesh):
         train_step = step.make_train_step(
             layout,
             tx,
@@ -436,89 +512,199 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, sto
             data, config.data, global_batch_size=config.batch_size, prompt=prompt, prompt_actions=prompt_actions
         )
         val_global = [loader.to_global_batch(b, batch_sharding) for b in val_local]
-        batches = loader.prefetch_global_batches(
-            loader.train_batches(
-                data,
-                config.data,
-                global_batch_size=config.batch_size,
-                seed=config.seed,
-                start_step=start_step,
-                prompt=prompt,
-                prompt_actions=prompt_actions,
-            ),
-            batch_sharding,
-        )
-        writer = metrics.MetricsWriter(
-            workdir, tensorboard=config.tensorboard, wandb_project=config.wandb_project, config=config.to_dict()
-        )
-        progress = metrics.ProgressLine(start_step, config.num_steps)
-        preemption = PreemptionFlag(ckpt)
+    batches = loader.prefetch_global_batches(
+        loader.train_batches(
+            data,
+            config.data,
+            global_batch_size=config.batch_size,
+            seed=config.seed,
+            start_step=start_step,
+            prompt=prompt,
+            prompt_actions=prompt_actions,
+        ),
+        batch_sharding,
+    )
+    resources.callback(batches.close)
+    writer = metrics.MetricsWriter(
+        workdir, tensorboard=config.tensorboard, wandb_project=config.wandb_project, config=config.to_dict()
+    )
+    resources.callback(writer.close)
+    preemption = PreemptionFlag(ckpt)
+    resources.callback(preemption.restore)
+    return Run(
+        config, workdir, run, ckpt, train_state, start_step, prompt, tokenizer_files, train_step, eval_steps,
+        loss_step, val_global, batches, writer, preemption, last_saved=start_step if restored is not None else None,
+    )  # fmt: skip
 
-        def save(at_step: int, force: bool) -> bool:
-            return ckpt.save(
-                train_state,
-                step=at_step,
-                config=config.to_dict(),
-                statistics=data.statistics_json(),
-                data_seed=config.seed,
-                tokenizers=tokenizer_files,
-                frames_consumed=at_step * config.batch_size,
-                force=force,
+
+class NonFiniteError(VlaJaxError):
+    """Training produced a non-finite loss, gradient or update."""
+
+
+def _save(run: Run, at_step: int, force: bool) -> None:
+    config = run.config
+    saved = run.ckpt.save(
+        run.state,
+        step=at_step,
+        config=config.to_dict(),
+        statistics=run.setup.data.statistics_json(),
+        data_seed=config.seed,
+        tokenizers=run.tokenizer_files,
+        frames_consumed=at_step * config.batch_size,
+        force=force,
+    )
+    if saved:
+        run.last_saved = at_step
+
+
+def _check_finite(run: Run, current: int, step_metrics: dict, skipped: int) -> int:
+    """Stops the run at a non-finite step (the step did not update the state), or logs a skip.
+
+    Returns the number of skipped steps so far.
+    """
+    finite = bool(jax.device_get(step_metrics["finite"]))
+    if finite:
+        return skipped
+    values = {k: metrics.to_builtin(v) for k, v in jax.device_get(step_metrics).items() if k in NONFINITE_TERMS}
+    bad = [k for k, v in values.items() if not np.all(np.isfinite(v))]
+    terms = ", ".join(f"{k} {values[k]}" for k in bad)
+    last = f"step {run.last_saved}" if run.last_saved is not None else "none"
+    allowed = run.config.max_nonfinite_skips
+    if skipped < allowed:
+        if jax.process_index() == 0:
+            print(
+                f"vla_jax: WARNING: step {current} skipped: non-finite {terms} (skip {skipped + 1} of {allowed} "
+                "allowed by max_nonfinite_skips); parameters unchanged",
+                flush=True,
             )
+        return skipped + 1
+    raise NonFiniteError(
+        f"training stopped at step {current}: non-finite {terms}; the parameters of that step were not kept and "
+        f"no checkpoint of them was written; the last good checkpoint is {last}"
+        + (f" ({skipped} earlier non-finite steps were skipped)" if skipped else "")
+    )
 
-        summary: dict = {"start_step": start_step, "preempted": False}
-        current, data_wait = start_step, 0.0
-        try:
-            while current < end_step:
-                waited = time.perf_counter()
-                batch = next(batches)
-                data_wait += time.perf_counter() - waited
-                train_state, step_metrics = train_step(train_state, batch)
-                current += 1
-                if current % config.log_every == 0 or current == end_step:
-                    logged = {k: metrics.to_builtin(v) for k, v in jax.device_get(step_metrics).items()}
-                    logged = _named_vectors(logged, data.names)
-                    logged["learning_rate"] = float(schedule(current - 1))  # the rate this step used
-                    steps_per_s = progress.update(current, {"loss": logged["loss"]})
-                    examples_per_s = steps_per_s * config.batch_size
-                    logged.update(
-                        steps_per_s=steps_per_s,
-                        examples_per_s=examples_per_s,
-                        tokens_per_s=examples_per_s * tokens_per_example,
-                        data_wait_fraction=min(data_wait * steps_per_s / config.log_every, 1.0),
-                    )
-                    if peak:
-                        logged["mfu"] = examples_per_s * flops_per_example / (peak * jax.device_count())
-                    data_wait = 0.0
-                    writer.write(current, logged)
-                    summary.update(logged)
-                if current % config.eval_every == 0 or current == end_step:
-                    eval_params = train_state.get("ema", train_state["params"])
-                    results = {}
-                    for prefix, eval_step in eval_steps.items():
-                        found = evaluate(
-                            eval_step, eval_params, val_global, data, prompt, loss_step if prefix == "val" else None
-                        )
-                        results.update({prefix + k[len("val") :]: v for k, v in found.items()})
-                    results.pop("val_fast_mean_baseline_error", None)  # the same batches: the same baseline
-                    writer.write(current, results)
-                    summary.update(results)
-                    if is_main:
-                        print(f"step {current}: {format_validation(results)}", flush=True)
-                if preemption.reached(current):
-                    save(current, force=True)
-                    summary["preempted"] = True
-                    if is_main:
-                        print(f"vla_jax: preempted (SIGTERM); saved step {current}", flush=True)
-                    break
-                save(current, force=current == end_step)
-        finally:
-            batches.close()
-            preemption.restore()
-            ckpt.wait()
-            ckpt.close()
-            writer.close()
+
+# Step metrics named in the error line when a step is not finite.
+NONFINITE_TERMS = ("loss", "token_ce", "flow_mse", "moe_aux_loss", "grad_norm", "update_norm")
+
+
+def loop(run: Run, end_step: int) -> dict:
+    """Steps from ``run.start_step`` to ``end_step``: logging, validation, checkpoints, preemption."""
+    config, data = run.config, run.setup.data
+    is_main = jax.process_index() == 0
+    schedule = optimizer.learning_rate_schedule(config.optimizer, config.num_steps)
+    io = run.setup.io
+    flops_per_example = 3 * sum(summary_lib.forward_flops(config.model, io).values())
+    tokens_per_example = summary_lib.backbone_tokens(config.model, io)
+    peak = device_peak_flops(config)
+    progress = metrics.ProgressLine(run.start_step, config.num_steps)
+    summary: dict = {"start_step": run.start_step, "preempted": False}
+    current, data_wait, skipped = run.start_step, 0.0, 0
+    with sharding.logical_rules(run.setup.rules), jax.set_mesh(run.setup.mesh):
+        while current < end_step:
+            waited = time.perf_counter()
+            batch = next(run.batches)
+            data_wait += time.perf_counter() - waited
+            run.state, step_metrics = run.train_step(run.state, batch)
+            current += 1
+            skipped = _check_finite(run, current, step_metrics, skipped)
+            if current % config.log_every == 0 or current == end_step:
+                logged = {k: metrics.to_builtin(v) for k, v in jax.device_get(step_metrics).items()}
+                logged = _named_vectors(logged, data.names)
+                logged.pop("finite")
+                logged["nonfinite_skipped"] = skipped
+                logged["learning_rate"] = float(schedule(current - 1))  # the rate this step used
+                steps_per_s = progress.update(current, {"loss": logged["loss"]})
+                examples_per_s = steps_per_s * config.batch_size
+                logged.update(
+                    steps_per_s=steps_per_s,
+                    examples_per_s=examples_per_s,
+                    tokens_per_s=examples_per_s * tokens_per_example,
+                    data_wait_fraction=min(data_wait * steps_per_s / config.log_every, 1.0),
+                )
+                if peak:
+                    logged["mfu"] = examples_per_s * flops_per_example / (peak * jax.device_count())
+                data_wait = 0.0
+                run.writer.write(current, logged)
+                summary.update(logged)
+            if current % config.eval_every == 0 or current == end_step:
+                results = validate(run)
+                run.writer.write(current, results)
+                summary.update(results)
+                if is_main:
+                    print(f"step {current}: {format_validation(results)}", flush=True)
+            if run.preemption.reached(current):
+                _save(run, current, force=True)
+                summary["preempted"] = True
+                if is_main:
+                    print(f"vla_jax: preempted (SIGTERM); saved step {current}", flush=True)
+                break
+            _save(run, current, force=current == end_step)
     summary["step"] = current
-    if is_main:
+    return summary
+
+
+def validate(run: Run) -> dict:
+    """Every validation step of the run on its validation batches (EMA parameters when kept)."""
+    eval_params = run.state.get("ema", run.state["params"])
+    results = {}
+    with sharding.logical_rules(run.setup.rules), jax.set_mesh(run.setup.mesh):
+        for prefix, eval_step in run.eval_steps.items():
+            loss_step = run.loss_step if prefix == "val" else None
+            found = evaluate(eval_step, eval_params, run.val_global, run.setup.data, run.prompt, loss_step)
+            results.update({prefix + k[len("val") :]: v for k, v in found.items()})
+    results.pop("val_fast_mean_baseline_error", None)  # the same batches: the same baseline
+    return results
+
+
+def _begin(workdir: pathlib.Path) -> None:
+    """A workdir marked FAILED by an earlier run starts over cleanly: the mark is reported and removed."""
+    marker = workdir / FAILED_FILE
+    if jax.process_index() == 0 and marker.exists():
+        reason = marker.read_text().strip()
+        print(f"vla_jax: {workdir} was marked failed ({reason}); starting again", flush=True)
+        marker.unlink()
+
+
+def _mark_failed(workdir: pathlib.Path, error: BaseException) -> None:
+    """Writes ``workdir/FAILED`` with the error line, so nobody takes the workdir for a good run."""
+    if jax.process_index() != 0 or not workdir.is_dir():
+        return
+    line = str(error) if isinstance(error, VlaJaxError) else f"{type(error).__name__}: {error}"
+    write_atomically(workdir / FAILED_FILE, (line.splitlines() or [type(error).__name__])[0].encode() + b"\n")
+
+
+def train(
+    config: ml_collections.ConfigDict,
+    workdir: str | pathlib.Path,
+    *,
+    stop_at_step: int | None = None,
+    validate_first: bool = True,
+) -> dict:
+    """Trains to ``config.num_steps`` (or ``stop_at_step``), resuming from ``workdir``.
+
+    The config is validated before anything is created (``validate_first``;
+    tests turn it off to reach the runtime guards). Setup, loop and teardown:
+    every resource is released on every exit path, and a run that fails marks
+    its workdir ``FAILED`` with the error line. On SIGTERM (preemption) it saves
+    at the current step and returns. Returns the last logged training metrics
+    and validation results.
+    """
+    workdir = pathlib.Path(workdir).absolute()
+    if validate_first:
+        for warning in validation.validate_config(config, device_count=jax.device_count()):
+            print(f"vla-jax: warning: {warning}", file=sys.stderr, flush=True)
+    end_step = config.num_steps if stop_at_step is None else min(stop_at_step, config.num_steps)
+    if workdir.is_dir():
+        _begin(workdir)
+    try:
+        with contextlib.ExitStack() as resources:
+            run = start(config, workdir, resources, end_step=end_step)
+            summary = loop(run, end_step)
+    except (Exception, KeyboardInterrupt) as error:
+        _mark_failed(workdir, error)
+        raise
+    if jax.process_index() == 0:
         (workdir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
