@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 WORKDIR ?= workdirs/demo
 
-.PHONY: demo test test-slow lint format clean
+.PHONY: demo test test-fast test-slow lint format clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,12 @@ $(BIN)/.installed: pyproject.toml
 demo: $(BIN)/.installed
 	$(BIN)/vla-jax train --config experiments/demo.py --workdir $(WORKDIR)
 
+# Everything (what CI runs); test-fast leaves out the training-loop and multi-host tests (marked slow).
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
+
+test-fast: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -m "not slow"
 
 test-slow: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -m slow

@@ -54,31 +54,11 @@ def matmul_flops_per_s(size: int = 2048, repeats: int = 5) -> float:
     return 2 * size**3 / best_seconds(lambda: matmul(a, b), repeats)
 
 
-def model_batch(io, batch_size: int) -> dict:
+def model_batch(io, batch_size: int):
     """Random inputs of the shapes ``io`` (an IOShapes) describes; half the prompt is a FAST postfix."""
-    import numpy as np
+    from vla_jax.observation import example_batch
 
-    rng = np.random.default_rng(0)
-    length = io.text_length
-    positions = np.arange(length)[None, :]
-    batch = {
-        "state": rng.normal(size=(batch_size, io.state_dim)).astype(np.float32),
-        "state_dim_mask": np.ones((batch_size, io.state_dim), bool),
-        "actions": rng.uniform(-1, 1, (batch_size, io.action_horizon, io.action_dim)).astype(np.float32),
-        "action_mask": np.ones((batch_size, io.action_horizon), bool),
-        "action_dim_mask": np.ones((batch_size, io.action_dim), bool),
-        "action_space": np.zeros(batch_size, np.int32),
-        "dataset_index": np.zeros(batch_size, np.int32),
-        "prompt_tokens": rng.integers(3, io.text_vocab_size, (batch_size, length)).astype(np.int32),
-        "prompt_mask": np.ones((batch_size, length), bool),
-        "prompt_truncated": np.zeros(batch_size, bool),
-    }
-    batch["prompt_ar_mask"] = batch["prompt_mask"] & (positions >= length // 2)
-    batch["prompt_loss_mask"] = batch["prompt_ar_mask"].copy()
-    for role in io.cameras:
-        batch[f"image_{role}"] = rng.integers(0, 255, (batch_size, io.image_size, io.image_size, 3), dtype=np.uint8)
-        batch[f"image_{role}_mask"] = np.ones(batch_size, bool)
-    return batch
+    return example_batch(io, batch_size, seed=0)
 
 
 def preset_step_flops_fraction(preset: str, batch_size: int, repeats: int, matmul_size: int = 2048) -> dict:

@@ -14,6 +14,7 @@ Prints one JSON object:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import sys
@@ -25,14 +26,12 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 def main(argv: list[str]) -> dict:
     import jax
-    import numpy as np
 
     from vla_jax import sharding
     from vla_jax.cli import _split_overrides
     from vla_jax.config import load_config
     from vla_jax.data import loader
     from vla_jax.models.vla import uses_fast
-    from vla_jax.tokenizers.prompt import PROMPT_KEYS
     from vla_jax.training import checkpoint, trainer
 
     _, overrides = _split_overrides(argv)
@@ -59,15 +58,13 @@ def main(argv: list[str]) -> dict:
         with jax.set_mesh(run.mesh), sharding.logical_rules(run.rules):
             eval_step = trainer.make_eval_steps(config, run.layout, batch_sharding, prompt)["val"]
 
-            def error_with(keys):
-                shuffled = [{k: (np.roll(v, 1, axis=0) if k in keys else v) for k, v in b.items()} for b in val]
-                batches = [loader.to_global_batch(b, batch_sharding) for b in shuffled]
+            def error_with(shuffle):
+                batches = [loader.to_global_batch(shuffle(b), batch_sharding) for b in val]
                 return trainer.evaluate(eval_step, params, batches, run.data, prompt)["val_action_error"]
 
-            images = [k for k in val[0] if k.startswith("image_")]
             ablations = {
-                "shuffled_text_error": error_with(set(PROMPT_KEYS)),
-                "shuffled_image_error": error_with(set(images)),
+                "shuffled_text_error": error_with(_shuffled_prompts),
+                "shuffled_image_error": error_with(_shuffled_images),
             }
     result = {
         "val_action_error": summary["val_action_error"],
@@ -84,6 +81,36 @@ def main(argv: list[str]) -> dict:
     }
     print(json.dumps(result))
     return result
+
+
+def _roll(x):
+    import numpy as np
+
+    return np.roll(x, 1, axis=0)
+
+
+def _shuffled_prompts(batch):
+    """Each example with the next one's prompt (instruction and state): the images no longer match the text."""
+    obs = batch.observation
+    obs = dataclasses.replace(
+        obs, prompt_tokens=_roll(obs.prompt_tokens), prompt_mask=_roll(obs.prompt_mask),
+        prompt_ar_mask=_roll(obs.prompt_ar_mask),
+    )  # fmt: skip
+    return dataclasses.replace(
+        batch, observation=obs, prompt_loss_mask=_roll(batch.prompt_loss_mask),
+        prompt_truncated=_roll(batch.prompt_truncated),
+    )  # fmt: skip
+
+
+def _shuffled_images(batch):
+    """Each example with the next one's images."""
+    import jax
+
+    obs = batch.observation
+    obs = dataclasses.replace(
+        obs, images=jax.tree.map(_roll, obs.images), image_masks=jax.tree.map(_roll, obs.image_masks)
+    )
+    return dataclasses.replace(batch, observation=obs)
 
 
 if __name__ == "__main__":

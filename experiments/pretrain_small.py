@@ -37,7 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.data = data_config(mixture="bridge_v2")
     config.data.data_dir = "/data/oxe"  # RLDS datasets (tfds layout)
-    config.data.cameras = ("primary", "wrist")
+    config.data.cameras = ("primary", "secondary")  # bridge_v2's two third-person cameras (it has no wrist camera)
     config.data.image_size = 224
     config.data.action_horizon = 10
     config.data.action_dim = 24

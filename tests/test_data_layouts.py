@@ -2,6 +2,7 @@
 
 import functools
 
+import jax
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -79,23 +80,26 @@ def test_mixture_batches_have_unified_widths_and_masks(corpus):
     mix = loader.open_mixture(config)
     assert (mix.action_dim, mix.state_dim) == (14, 14)
     batch = next(loader.train_batches(mix, config, global_batch_size=48, seed=0))
-    assert batch["actions"].shape == (48, 4, 14) and batch["state"].shape == (48, 14)
-    assert batch["depth_primary"].shape == (48, 16, 16, 1) and batch["depth_primary"].dtype == np.float32
+    obs = batch.observation
+    assert batch.actions.shape == (48, 4, 14) and obs.state.shape == (48, 14)
+    assert obs.images["depth_primary"].shape == (48, 16, 16, 1) and obs.images["depth_primary"].dtype == np.float32
     for i, source in enumerate(mix.sources):
-        rows = batch["dataset_index"] == i
+        rows = batch.dataset_index == i
         assert rows.any(), source.spec.name
         width, state_width = source.spec.action_dim, len(source.statistics.state.mean)
-        assert (batch["action_dim_mask"][rows].sum(1) == width).all()
-        assert (batch["state_dim_mask"][rows].sum(1) == state_width).all()
-        assert (batch["actions"][rows][..., width:] == 0).all() and (batch["state"][rows][:, state_width:] == 0).all()
-        assert (batch["action_space"][rows] == source.spec.action_space_id).all()
-        assert np.allclose(batch["control_hz"][rows], source.spec.control_frequency_hz)
+        assert (obs.action_dim_mask[rows].sum(1) == width).all()
+        assert (obs.state_mask[rows].sum(1) == state_width).all()
+        assert (batch.actions[rows][..., width:] == 0).all() and (obs.state[rows][:, state_width:] == 0).all()
+        assert (obs.action_space[rows] == source.spec.action_space_id).all()
+        assert np.allclose(batch.control_hz[rows], source.spec.control_frequency_hz)
         for role in ("primary", "secondary", "wrist"):
             present = role in source.spec.cameras
-            assert (batch[f"image_{role}_mask"][rows] == present).all()
+            assert (obs.image_masks[role][rows] == present).all()
             if not present:
-                assert (batch[f"image_{role}"][rows] == 0).all()
-        assert (batch["depth_primary_mask"][rows] == bool(source.spec.depth_cameras)).all()
+                assert (obs.images[role][rows] == 0).all()
+        assert (obs.image_masks["depth_primary"][rows] == bool(source.spec.depth_cameras)).all()
+        if source.spec.depth_cameras:
+            assert obs.images["depth_primary"][rows].any()  # real depth values reach the batch
 
 
 def test_chunks_at_episode_ends(corpus):
@@ -176,7 +180,7 @@ def test_mixture_proportions_within_sampling_error(corpus):
         expected /= expected.sum()
         np.testing.assert_allclose(mix.probabilities, expected)
         stream = loader.train_batches(mix, config, global_batch_size=100, seed=1)
-        counts = np.bincount(np.concatenate([next(stream)["dataset_index"] for _ in range(20)]), minlength=3)
+        counts = np.bincount(np.concatenate([next(stream).dataset_index for _ in range(20)]), minlength=3)
         n = counts.sum()
         sigma = np.sqrt(n * expected * (1 - expected))
         assert np.all(np.abs(counts - n * expected) < 4 * sigma), (counts, n * expected)
@@ -260,21 +264,28 @@ def test_unified_width_too_small_is_a_config_error(corpus):
 def test_augmented_stream_is_seeded_and_resumable(corpus):
     root, _, _ = corpus
     config = _config(
-        root, "tiny_one_camera:1,tiny_cameras_depth:1", image_dropout=0.3, history=2, goal_relabeling=True,
+        root, "tiny_one_camera:1,tiny_cameras_depth:1", image_dropout=0.3, goal_relabeling=True,
         cameras=("primary", "wrist"),
     )  # fmt: skip
     config.augment = {"primary": {"crop_scale": (0.6, 1.0), "brightness": 0.2}, "wrist": {"hue": 0.1}}
     mix = loader.open_mixture(config)
     first = [b for _, b in zip(range(3), loader.train_batches(mix, config, global_batch_size=8, seed=5))]
     resumed = next(loader.train_batches(mix, config, global_batch_size=8, seed=5, start_step=2))
-    for key in first[2]:
-        np.testing.assert_array_equal(resumed[key], first[2][key], err_msg=key)
+    jax.tree.map(np.testing.assert_array_equal, resumed, first[2])
     batch = first[0]
-    assert batch["image_primary"].shape == (8, 2, 16, 16, 3) and batch["history_mask"].shape == (8, 2)
-    assert batch["goal_image_primary"].shape == (8, 16, 16, 3)
-    assert (batch["image_primary_mask"] | batch["image_wrist_mask"]).all()  # dropout keeps a camera
+    images, masks = batch.observation.images, batch.observation.image_masks
+    assert images["primary"].shape == (8, 16, 16, 3) and images["goal_primary"].shape == (8, 16, 16, 3)
+    assert sorted(images) == sorted(masks) == ["goal_primary", "goal_wrist", "primary", "wrist"]
+    assert (masks["primary"] | masks["wrist"]).all()  # dropout keeps a camera
+    np.testing.assert_array_equal(masks["goal_primary"], masks["primary"])  # a goal image is there with its camera
     unaugmented = next(loader.train_batches(mix, _config(
-        root, "tiny_one_camera:1,tiny_cameras_depth:1", history=2, goal_relabeling=True, cameras=("primary", "wrist")
+        root, "tiny_one_camera:1,tiny_cameras_depth:1", goal_relabeling=True, cameras=("primary", "wrist")
     ), global_batch_size=8, seed=5))  # fmt: skip
-    np.testing.assert_array_equal(unaugmented["actions"], batch["actions"])  # same frames...
-    assert not np.array_equal(unaugmented["image_primary"], batch["image_primary"])  # ...other pixels
+    np.testing.assert_array_equal(unaugmented.actions, batch.actions)  # same frames...
+    assert not np.array_equal(unaugmented.observation.images["primary"], images["primary"])  # ...other pixels
+
+
+def test_an_observation_history_is_refused(corpus):
+    root, _, _ = corpus
+    with pytest.raises(ConfigError, match=r"'data.history' is 2; expected 1: the model reads only the current frame"):
+        loader.open_mixture(_config(root, "tiny_one_camera", history=2))

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from .conftest import REPO
 
 STEPS = ("num_steps=4", "log_every=2", "eval_every=4", "checkpoint_every=4", "data.host_sharding=replicated")
@@ -24,6 +26,9 @@ def _train(workdir, processes: int, devices: int, port: int) -> list[dict]:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert f"vla_jax: {processes} processes, 8 devices" in done.stdout
     return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+pytestmark = pytest.mark.slow
 
 
 def test_two_processes_of_four_devices_train_like_one_of_eight(demo_dir, tmp_path):

@@ -17,11 +17,17 @@ IO = IOShapes(("primary", "wrist"), 32, 300, 24, 4, 4, 4, depth_cameras=("primar
 
 
 def test_the_router_knows_every_registered_action_space():
-    assert NUM_ACTION_SPACES == len(ACTION_SPACES)
+    assert len(ACTION_SPACES) == NUM_ACTION_SPACES
 
 
 def test_streams_are_cameras_then_depth_then_goals():
-    assert IO.image_streams == (("primary", 3), ("wrist", 3), ("depth_primary", 1), ("goal_primary", 3), ("goal_wrist", 3))
+    assert IO.image_streams == (
+        ("primary", 3),
+        ("wrist", 3),
+        ("depth_primary", 1),
+        ("goal_primary", 3),
+        ("goal_wrist", 3),
+    )
 
 
 def test_check_batch_names_the_field_and_what_was_expected():
@@ -29,7 +35,9 @@ def test_check_batch_names_the_field_and_what_was_expected():
     check_batch(batch, IO)
     check_batch(batch.observation, IO, "observation")
     wrong_dtype = dataclasses.replace(batch, actions=batch.actions.astype(np.float64))
-    with pytest.raises(DataError, match=r"actions has shape \(2, 4, 4\) and dtype float64; expected \(2, 4, 4\) float32"):
+    with pytest.raises(
+        DataError, match=r"actions has shape \(2, 4, 4\) and dtype float64; expected \(2, 4, 4\) float32"
+    ):
         check_batch(wrong_dtype, IO)
     obs = dataclasses.replace(batch.observation, state=np.zeros((2, 5), np.float32))
     with pytest.raises(DataError, match=r"observation.state has shape \(2, 5\)"):

@@ -1,5 +1,6 @@
 import functools
 
+import jax
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -90,12 +91,14 @@ def test_batches_have_model_layout(demo_dir):
     mix = loader.open_mixture(config.data)
     batch = next(loader.train_batches(mix, config.data, global_batch_size=8, seed=0))
     horizon = config.data.action_horizon
-    assert batch["actions"].shape == (8, horizon, 4) and batch["action_mask"].shape == (8, horizon)
-    assert batch["image_primary"].shape == (8, 64, 64, 3) and batch["image_primary"].dtype == np.uint8
-    assert batch["image_wrist_mask"].all()
-    assert batch["text_ids"].shape == (8, config.data.max_text_length) and batch["text_mask"].any(axis=1).all()
-    assert np.abs(batch["actions"][..., :3]).max() <= 1.0  # quantile-normalized dims
-    assert set(np.unique(batch["actions"][..., 3])) <= {0.0, 1.0}  # gripper left as is
+    assert batch.actions.shape == (8, horizon, 4) and batch.action_mask.shape == (8, horizon)
+    images, masks = batch.observation.images, batch.observation.image_masks
+    assert sorted(images) == sorted(masks) == ["primary", "wrist"]
+    assert images["primary"].shape == (8, 64, 64, 3) and images["primary"].dtype == np.uint8
+    assert masks["wrist"].all()
+    assert batch.observation.prompt_tokens.shape == (8, 0)  # no prompt tokenizer: no prompt (no model takes it)
+    assert np.abs(batch.actions[..., :3]).max() <= 1.0  # quantile-normalized dims
+    assert set(np.unique(batch.actions[..., 3])) <= {0.0, 1.0}  # gripper left as is
 
 
 def test_stream_is_seeded_and_resumable(demo_dir):
@@ -106,14 +109,11 @@ def test_stream_is_seeded_and_resumable(demo_dir):
     again = loader.train_batches(mix, config.data, global_batch_size=8, seed=3)
     resumed = loader.train_batches(mix, config.data, global_batch_size=8, seed=3, start_step=2)
     other = next(loader.train_batches(mix, config.data, global_batch_size=8, seed=4))
-    a0 = next(again)
-    for key in first[0]:
-        np.testing.assert_array_equal(a0[key], first[0][key])
+    jax.tree.map(np.testing.assert_array_equal, next(again), first[0])
     r2, r3 = next(resumed), next(resumed)
-    for key in first[0]:
-        np.testing.assert_array_equal(r2[key], first[2][key])
-        np.testing.assert_array_equal(r3[key], first[3][key])
-    assert not np.array_equal(other["actions"], first[0]["actions"])
+    jax.tree.map(np.testing.assert_array_equal, r2, first[2])
+    jax.tree.map(np.testing.assert_array_equal, r3, first[3])
+    assert not np.array_equal(other.actions, first[0].actions)
 
 
 def test_missing_dataset_directory_is_a_clear_error(tmp_path):

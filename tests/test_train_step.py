@@ -1,5 +1,7 @@
 """The jitted train step: gradient accumulation, freezing, EMA, per-dataset losses, schedules."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import optax
@@ -79,7 +81,7 @@ def test_ema_follows_the_params(demo_batch):
 
 def test_loss_by_dataset_averages_each_datasets_examples(demo_batch):
     config, batch = demo_batch
-    two = dict(batch, dataset_index=(np.arange(16) % 2).astype(batch["dataset_index"].dtype))
+    two = dataclasses.replace(batch, dataset_index=(np.arange(16) % 2).astype(batch.dataset_index.dtype))
     _, _, metrics = _one_step(config, two, num_datasets=3)
     by_dataset = metrics["loss_by_dataset"]
     assert np.isfinite(by_dataset[:2]).all() and np.isnan(by_dataset[2])  # no example of dataset 2
@@ -95,6 +97,23 @@ def test_schedules(kind):
     late = float(lr(1000))
     expected = {"cosine": 0.1, "rsqrt": np.sqrt(10 / 1000), "constant": 1.0}[kind]
     np.testing.assert_allclose(late, expected, rtol=1e-5)
+
+
+def test_a_non_finite_step_keeps_the_previous_state(demo_batch):
+    config, batch = demo_batch
+    before, after, metrics = _one_step(config, batch, optax.sgd(float("nan")))
+    assert not metrics["finite"] and not np.isfinite(metrics["update_norm"]) and np.isfinite(metrics["loss"])
+    jax.tree.map(np.testing.assert_array_equal, after["params"], before["params"])
+    assert after["step"] == before["step"] + 1
+    _, good, good_metrics = _one_step(config, batch)
+    assert good_metrics["finite"] and not np.array_equal(good["params"]["embed"], before["params"]["embed"])
+
+
+def test_a_freeze_regex_that_matches_nothing_is_refused():
+    from vla_jax.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"'optimizer.freeze' is '\^vitt/', which matches no parameter"):
+        trainer.setup(debug_config("optimizer.freeze=^vitt/"))
 
 
 def test_bad_optimizer_settings_are_config_errors():
@@ -130,3 +149,18 @@ def test_ragged_dispatch_trains_like_capacity_on_an_fsdp_mesh(demo_batch):
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6), grads["ragged"], grads["capacity"]
     )
+
+
+def test_flow_mode_fits_no_action_tokenizer(demo_dir, tmp_path, monkeypatch):
+    from vla_jax.tokenizers import build
+
+    config = debug_config("model.mode=flow")
+    run = trainer.setup(config)
+    fitted = []
+    monkeypatch.setattr(build, "fit_action_tokenizer", lambda *args, **kwargs: fitted.append(args))
+    prompt = trainer.prepare_prompt_tokenizer(config, run.data, tmp_path)
+    assert not fitted and prompt.actions is None
+    assert sorted(p.name for p in (tmp_path / trainer.TOKENIZER_DIR).iterdir()) == [build.TEXT_FILE]
+    assert run.io.text_vocab_size == prompt.vocab_size == config.tokenizer.text_vocab_size  # no action ids reserved
+    batch = next(loader.train_batches(run.data, config.data, global_batch_size=16, seed=0, prompt=prompt))
+    assert not batch.observation.prompt_ar_mask.any() and not batch.prompt_loss_mask.any()  # prefixes only

@@ -1,4 +1,7 @@
-"""Sharded training on 8 fake CPU devices: mesh invariance, resume, restore, kill -9."""
+"""Sharded training on 8 fake CPU devices: mesh invariance, resume, restore, kill -9, failures.
+
+The training loop end to end: the slow tier (``make test-fast`` leaves it out).
+"""
 
 import functools
 import json
@@ -18,6 +21,8 @@ from vla_jax.errors import CheckpointError
 from vla_jax.training import checkpoint, state, step, trainer
 
 from .conftest import REPO, debug_config
+
+pytestmark = pytest.mark.slow
 
 
 def _setup(config, mesh_shape, devices=None) -> trainer.Setup:
@@ -143,8 +148,12 @@ def test_resume_with_another_model_is_a_clear_error(full_run):
     config, workdir, _ = full_run
     before = (workdir / "config.json").read_text()
     changed = debug_config("mesh.data=1", "mesh.fsdp=8", "model.backbone.width=48", "num_steps=8")
-    with pytest.raises(CheckpointError, match=r"model.backbone.width is 32 there, 48 here"):
+    with pytest.raises(CheckpointError, match=r"checkpoint step 6 .* cannot be restored") as error:
         trainer.train(changed, workdir)
+    message = str(error.value)
+    assert "params backbone/" in message and "(32," in message and "(48," in message  # what cannot be restored
+    assert "model.backbone.width: 32 -> 48" in message and "num_steps: 6 -> 8" in message  # why
+    assert "\n" not in message
     assert (workdir / "config.json").read_text() == before  # nothing overwritten
 
 
@@ -316,3 +325,73 @@ def test_fast_flow_run_with_ema_and_accumulation_logs_everything(demo_dir, tmp_p
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     ckpt = checkpoint.Checkpointer(tmp_path / "checkpoints", max_to_keep=3, save_interval_steps=4)
     assert "ema" in ckpt.item_names(4)
+
+
+def test_a_run_that_trains_another_dataset_mixture_with_the_same_shapes_resumes(full_run, tmp_path):
+    """Only what cannot be restored refuses a resume: changed data settings with the same shapes go on."""
+    import shutil
+
+    config, workdir, _ = full_run
+    shutil.copytree(workdir, tmp_path, dirs_exist_ok=True)
+    changed = debug_config("mesh.data=1", "mesh.fsdp=8", "sharding.fsdp_min_bytes=0", "num_steps=7")
+    changed.unlock()
+    changed.data.shuffle_buffer_size = 100
+    summary = trainer.train(changed, tmp_path)
+    assert summary["start_step"] == 6 and summary["step"] == 7
+
+
+def _cli(*args, timeout=300):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "vla_jax.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+    return done, time.perf_counter() - started
+
+
+def test_setup_failing_after_the_checkpointer_exists_exits_promptly_and_marks_the_workdir(full_run, tmp_path):
+    import shutil
+
+    _, workdir, _ = full_run
+    shutil.copytree(workdir, tmp_path, dirs_exist_ok=True)
+    args = ["train", "--config", str(REPO / "experiments" / "debug.py"), "--workdir", str(tmp_path)]
+    done, seconds = _cli(*args, "--config.model.backbone.width=48")
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vla-jax: error: checkpoint step 6 "), lines
+    assert seconds < 120  # no hang: the checkpointer, writers and threads were released
+    assert (tmp_path / "FAILED").read_text().strip() == lines[0].removeprefix("vla-jax: error: ")
+    done, _ = _cli(*args)  # the right config: the mark is reported and removed, the finished run stays finished
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "was marked failed" in done.stdout and not (tmp_path / "FAILED").exists()
+
+
+def test_a_non_finite_step_stops_the_run_with_one_line_and_no_new_checkpoint(demo_dir, tmp_path):
+    """peak_lr=nan (refused up front by the config check; here the check is bypassed to reach the guard)."""
+    from vla_jax.training.trainer import NonFiniteError
+
+    config = debug_config("optimizer.peak_lr=nan", "checkpoint_every=1")
+    with pytest.raises(NonFiniteError) as error:
+        trainer.train(config, tmp_path, validate_first=False)
+    message = str(error.value)
+    assert message.startswith("training stopped at step 1: non-finite ") and "update_norm nan" in message
+    assert "the last good checkpoint is none" in message and "\n" not in message
+    assert checkpoint.Checkpointer(tmp_path / "checkpoints", max_to_keep=3, save_interval_steps=1).all_steps() == []
+    assert (tmp_path / "FAILED").read_text().strip() == message
+
+
+def test_the_cli_refuses_peak_lr_nan_before_anything_exists(tmp_path):
+    done, _ = _cli("train", "--config", str(REPO / "experiments" / "debug.py"), "--workdir", str(tmp_path / "w"),
+                   "--config.optimizer.peak_lr=nan")  # fmt: skip
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "optimizer.peak_lr" in done.stderr and not (tmp_path / "w").exists()
+
+
+def test_skipping_non_finite_steps_is_bounded_and_logged(demo_dir, tmp_path, capsys):
+    config = debug_config("optimizer.peak_lr=nan", "max_nonfinite_skips=3", "num_steps=6", "eval_every=100")
+    with pytest.raises(trainer.NonFiniteError, match=r"at step 4: .*\(3 earlier non-finite steps were skipped\)"):
+        trainer.train(config, tmp_path, validate_first=False)
+    out = capsys.readouterr().out
+    assert [f"step {i} skipped" in out for i in (1, 2, 3)] == [True] * 3
+    steps = checkpoint.Checkpointer(tmp_path / "checkpoints", max_to_keep=3, save_interval_steps=2).all_steps()
+    assert steps == [2]  # the skipped steps left the parameters unchanged (finite), so step 2 was saved

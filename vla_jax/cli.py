@@ -184,7 +184,7 @@ def _train(args, overrides: list[str]) -> None:
         return
     if not args.workdir:
         raise ConfigError("vla-jax train needs --workdir (unless --dry-run)")
-    trainer.train(config, args.workdir, stop_at_step=args.stop_at)
+    trainer.train(config, args.workdir, stop_at_step=args.stop_at, validate_first=False)  # validated above
 
 
 def _print(result: dict, as_json: bool, text: str) -> None:

@@ -29,9 +29,6 @@ import ml_collections
 from vla_jax import sharding
 from vla_jax.errors import ConfigError, DataError
 
-# Fields that are going away: neither checked nor reported as unknown.
-TOLERATED = ("data.text_vocab_size", "data.max_text_length")
-
 # Where each group's defaults come from (named in the error for a missing field).
 GROUP_DEFAULTS = {
     "data": "vla_jax.data.config.data_config()",
@@ -155,9 +152,12 @@ class Choice(Rule):
         return any(type(value) is type(c) and value == c for c in self.choices)
 
     def describe(self) -> str:
-        if len(self.choices) == 1:
-            return repr(self.choices[0])
         return f"one of {list(self.choices)}"
+
+    def check(self, field: str, value) -> None:
+        if len(self.choices) == 1 and not self.ok(value):  # the only value: the note says why
+            raise _fail(field, value, f"{self.choices[0]!r}: {self.note}" if self.note else repr(self.choices[0]))
+        super().check(field, value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -471,7 +471,7 @@ def _unknown_keys(config, rules: Mapping[str, Rule], prefix: str = "") -> list[s
     unknown = []
     for key, value in config.items():
         dotted = f"{prefix}{key}"
-        if dotted in rules or dotted in TOLERATED:
+        if dotted in rules:
             continue
         if dotted in known_groups and _is_mapping(value):
             unknown += _unknown_keys(value, rules, dotted + ".")

@@ -422,12 +422,13 @@ def train_batches(
     seed: int,
     start_step: int = 0,
     prompt: PromptTokenizer | None = None,
-    prompt_actions: bool = True,
+    prompt_actions: bool | None = None,
 ) -> Iterator[Batch]:
     """An endless, seeded stream of this process's part of each global batch.
 
     With ``prompt``, batches carry π0-FAST prompt arrays (what the model
-    needs); with ``prompt_actions`` False, prompts have no action postfix.
+    needs); with ``prompt_actions`` False, prompts have no action postfix
+    (default: a postfix when the prompt tokenizer has an action tokenizer).
 
     The stream is a function of ``seed`` alone; resuming at ``start_step`` skips
     the frames of earlier steps before their images are decoded, so a resumed
@@ -459,13 +460,16 @@ def train_batches(
         deterministic=True,
     )
     ds = _batch_for_this_host(ds, data_config, global_batch_size)
-    ds = _add_prompts(ds, prompt, prompt_actions) if prompt is not None else _drop_instructions(ds)
+    ds = _with_prompts(ds, prompt, prompt_actions)
     ds = ds.prefetch(2).with_options(_options(data_config))
     return map(_as_batch, ds.as_numpy_iterator())
 
 
-def _drop_instructions(ds: tf.data.Dataset) -> tf.data.Dataset:
-    return ds.map(lambda batch: {k: v for k, v in batch.items() if k != "instruction"})
+def _with_prompts(ds: tf.data.Dataset, prompt: PromptTokenizer | None, with_actions: bool | None) -> tf.data.Dataset:
+    """Batches with prompt arrays, or (no prompt tokenizer) without their instruction strings."""
+    if prompt is None:
+        return ds.map(lambda batch: {k: v for k, v in batch.items() if k != "instruction"})
+    return _add_prompts(ds, prompt, prompt.actions is not None if with_actions is None else with_actions)
 
 
 HOST_SHARDING = ("files", "replicated")
@@ -495,7 +499,7 @@ def val_batches(
     *,
     global_batch_size: int,
     prompt: PromptTokenizer | None = None,
-    prompt_actions: bool = True,
+    prompt_actions: bool | None = None,
 ) -> list[Batch]:
     """At most ``data.val_batches`` full batches of the validation splits, mixed in a fixed order.
 
@@ -511,7 +515,7 @@ def val_batches(
         ds = mixture.interleave([d.repeat() for d in per_dataset], mix.probabilities, seed=0)
     ds = ds.map(functools.partial(_to_model_inputs, data_config=data_config, seed=None), num_parallel_calls=4)
     ds = _batch_for_this_host(ds, data_config, global_batch_size).take(data_config.val_batches)
-    ds = _add_prompts(ds, prompt, prompt_actions) if prompt is not None else _drop_instructions(ds)
+    ds = _with_prompts(ds, prompt, prompt_actions)
     return [_as_batch(b) for b in ds.with_options(_options(data_config)).as_numpy_iterator()]
 
 

@@ -54,6 +54,8 @@ def default_plan(depth: int) -> tuple[str, ...]:
 
     At depth 18: AS at 0, 1, 16, 17; HB at 2-5 and 12-15; dense at 6-11.
     """
+    if depth == 1:
+        return ("as",)
     as_side = max(1, round(2 * depth / 18))
     hb_side = max(1, round(4 * depth / 18))
     if 2 * (as_side + hb_side) > depth:

@@ -27,9 +27,12 @@ def fit_action_tokenizer(tok: ml_collections.ConfigDict, chunks: np.ndarray, nor
         raise ConfigError(f"config key 'tokenizer.action' is {tok.action!r}; expected one of {list(ACTION_KINDS)}")
     if tok.action == "binning":
         return BinningTokenizer.fit(chunks, normalization=normalization)
-    return FASTTokenizer.fit(
-        chunks, vocab_size=tok.action_vocab_size, scale=tok.fast_scale, normalization=normalization
-    )
+    try:
+        return FASTTokenizer.fit(
+            chunks, vocab_size=tok.action_vocab_size, scale=tok.fast_scale, normalization=normalization
+        )
+    except ValueError as error:
+        raise ConfigError(f"config key 'tokenizer.action_vocab_size' is {tok.action_vocab_size}: {error}") from None
 
 
 def load_action_file(path: str | pathlib.Path, *, horizon: int, action_dim: int, normalization: str) -> ActionTokenizer:
@@ -61,7 +64,13 @@ def text_tokenizer(tok: ml_collections.ConfigDict, instructions: Callable[[], np
         except ValueError as error:
             raise ConfigError(f"config key 'tokenizer.text_model': {error}") from error
     bins = [str(b) for b in range(tok.state_bins)]  # a state value is one token, not digits
-    return train_text_model(text_corpus(instructions(), tok.state_bins), tok.text_vocab_size, symbols=bins)
+    try:
+        return train_text_model(text_corpus(instructions(), tok.state_bins), tok.text_vocab_size, symbols=bins)
+    except RuntimeError as error:  # sentencepiece: the vocabulary cannot hold the corpus's characters and symbols
+        raise ConfigError(
+            f"config key 'tokenizer.text_vocab_size' is {tok.text_vocab_size}, too small for the instructions' "
+            f"characters and {tok.state_bins} state bins ({str(error).splitlines()[-1][:200]})"
+        ) from None
 
 
 def model_vocab_size(tok: ml_collections.ConfigDict, with_actions: bool = True) -> int:
