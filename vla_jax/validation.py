@@ -630,6 +630,15 @@ def _check_model_shapes(config, ctx: Context) -> list[str]:
             f"one entry per backbone layer ({bb.depth}): moe.default_plan gives "
             f"{len(moe.default_plan(bb.depth))} for model.backbone.depth={bb.depth}, so set the plan",
         )
+    if model.mode == "flow" and model.flow.knowledge_insulation:
+        # Insulation stops the expert's gradient at the backbone, and flow mode has no FAST loss: nothing would
+        # train the vision encoder and backbone (weight decay would only shrink them).
+        raise _fail(
+            "model.flow.knowledge_insulation",
+            True,
+            "False with model.mode 'flow' (with insulation nothing trains the backbone and vision encoder; "
+            "freeze them with optimizer.freeze, or train FAST tokens too with mode 'fast+flow')",
+        )
     return []
 
 
