@@ -114,3 +114,18 @@ def test_tokenizer_fit_and_eval_json(demo_dir, tmp_path):
     )
     line = _single_error_line(other)
     assert "fast.json" in line and "10×4" in line and "5×4" in line
+
+
+def test_a_freeze_regex_matching_no_parameter_is_refused_by_the_dry_run(cache_dir, demo_dir, tmp_path):
+    line = _single_error_line(
+        _run(["train", "--config", DEBUG, "--dry-run", "--config.optimizer.freeze=^vitt/"], cache_dir, tmp_path)
+    )
+    assert "'optimizer.freeze' is '^vitt/', which matches no parameter" in line
+
+
+def test_a_refused_run_creates_no_workdir(cache_dir, tmp_path):
+    line = _single_error_line(
+        _run(["train", "--config", DEBUG, "--workdir", "w", "--config.data.image_dropout=1.5"], cache_dir, tmp_path)
+    )
+    assert "data.image_dropout" in line and "1.5" in line
+    assert not (tmp_path / "w").exists()

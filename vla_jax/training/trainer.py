@@ -17,6 +17,7 @@ import jax
 import ml_collections
 import numpy as np
 import optax
+from flax import nnx
 from jax.experimental import multihost_utils
 
 from vla_jax import config as config_lib
@@ -69,29 +70,12 @@ def check_resumable(
     What decides is what cannot be restored: the saved shapes and dtypes against
     the ones this config builds. The difference of the two configs is given as the explanation.
     """
-    saved = ckpt.saved_arrays(step)
     problems = []
-    for item, leaves in saved.items():
-        if item not in layout.abstract:
-            continue
-        expected = checkpoint.array_leaves(layout.abstract[item])
-        if item == "opt_state":  # optax's containers are saved as plain lists: compare shapes in order
-            expected, leaves = [("", *e[1:]) for e in expected], [("", *e[1:]) for e in leaves]
-        if len(expected) != len(leaves):
-            problems.append(f"{item} holds {len(leaves)} arrays there, {len(expected)} here")
-            continue
-        by_path = dict(zip([e[0] for e in expected], expected, strict=True))
-        for name, shape, dtype in leaves:
-            want = by_path.get(name) if name else None
-            if name and want is None:
-                problems.append(f"{item} {name} is there but not here")
-            elif want is not None and (want[1], want[2]) != (shape, dtype):
-                problems.append(f"{item} {name} is {shape} {dtype} there, {want[1]} {want[2]} here")
-        if item == "opt_state":
-            for (_, a_shape, a_dtype), (_, b_shape, b_dtype) in zip(leaves, expected, strict=True):
-                if (a_shape, a_dtype) != (b_shape, b_dtype):
-                    problems.append(f"opt_state has a {a_shape} {a_dtype} array there, {b_shape} {b_dtype} here")
-                    break
+    for item, saved in ckpt.saved_arrays(step).items():
+        if item in layout.abstract:
+            expected = checkpoint.array_leaves(layout.abstract[item])
+            compare = _ordered_differences if item == "opt_state" else _named_differences
+            problems += compare(item, saved, expected)
     if problems:
         diff = config_diff(ckpt.saved_config(step), config)
         shown = "; ".join(problems[:4]) + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")
@@ -100,6 +84,28 @@ def check_resumable(
             f"({shown}); the configs differ in {diff or 'nothing (the code changed)'}; "
             "use a new --workdir, or the config it was trained with"
         )
+
+
+def _named_differences(item: str, saved: list, expected: list) -> list[str]:
+    """Arrays of a dict tree (params, EMA) that are missing, new or of another shape or dtype, by path."""
+    there, here = {name: rest for name, *rest in saved}, {name: rest for name, *rest in expected}
+    problems = [f"{item} {name} is there but not here" for name in there if name not in here]
+    problems += [f"{item} {name} is new here" for name in here if name not in there]
+    for name in there.keys() & here.keys():
+        if there[name] != here[name]:
+            (a_shape, a_dtype), (b_shape, b_dtype) = there[name], here[name]
+            problems.append(f"{item} {name} is {a_shape} {a_dtype} there, {b_shape} {b_dtype} here")
+    return sorted(problems)
+
+
+def _ordered_differences(item: str, saved: list, expected: list) -> list[str]:
+    """Optimizer state (optax's containers are saved as plain lists): the arrays' shapes and dtypes in order."""
+    if len(saved) != len(expected):
+        return [f"{item} holds {len(saved)} arrays there, {len(expected)} here"]
+    for (_, *there), (_, *here) in zip(saved, expected, strict=True):
+        if there != here:
+            return [f"{item} has a {there[0]} {there[1]} array there, {here[0]} {here[1]} here"]
+    return []
 
 
 def config_diff(saved: dict, config: ml_collections.ConfigDict, limit: int = 8) -> str:
@@ -358,6 +364,8 @@ def summarize_config(config: ml_collections.ConfigDict, mesh_shape: dict[str, in
 def dry_run(config: ml_collections.ConfigDict) -> dict:
     """:func:`summarize_config` plus EMA, gradients and examples per device; checks the replicated fraction."""
     result = summarize_config(config)
+    abstract_model = nnx.eval_shape(lambda: build_model(config.model, io_shapes(config), config.seed))
+    optimizer.check_freeze_matches(config.optimizer, nnx.to_pure_dict(nnx.state(abstract_model, nnx.Param)))
     mesh = sharding.abstract_mesh(dict(config.mesh))
     ema = result["param_bytes_per_device"] if config.ema_decay > 0 else 0
     result["ema_bytes_per_device"] = ema
