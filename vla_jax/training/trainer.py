@@ -598,7 +598,12 @@ NONFINITE_TERMS = ("loss", "token_ce", "flow_mse", "moe_aux_loss", "grad_norm", 
 
 
 def loop(run: Run, end_step: int) -> dict:
-    """Steps from ``run.start_step`` to ``end_step``: logging, validation, checkpoints, preemption."""
+    """Steps from ``run.start_step`` to ``end_step``: logging, validation, checkpoints, preemption.
+
+    Each step's finiteness flag is read once the next step is dispatched (so
+    the host never waits for the step it just started), and always before
+    anything is logged or saved. A non-finite step has not changed the state.
+    """
     config, data = run.config, run.setup.data
     is_main = jax.process_index() == 0
     schedule = optimizer.learning_rate_schedule(config.optimizer, config.num_steps)
@@ -609,6 +614,7 @@ def loop(run: Run, end_step: int) -> dict:
     progress = metrics.ProgressLine(run.start_step, config.num_steps)
     summary: dict = {"start_step": run.start_step, "preempted": False}
     current, data_wait, skipped = run.start_step, 0.0, 0
+    unchecked = None  # (step, metrics) of the previous step, checked once the next one is dispatched
     with sharding.logical_rules(run.setup.rules), jax.set_mesh(run.setup.mesh):
         while current < end_step:
             waited = time.perf_counter()
@@ -616,7 +622,13 @@ def loop(run: Run, end_step: int) -> dict:
             data_wait += time.perf_counter() - waited
             run.state, step_metrics = run.train_step(run.state, batch)
             current += 1
-            skipped = _check_finite(run, current, step_metrics, skipped)
+            if unchecked is not None:  # reading the previous step's flag does not wait for this one
+                skipped = _check_finite(run, *unchecked, skipped)
+            unchecked = (current, step_metrics)
+            preempted = run.preemption.reached(current)
+            saving = current % config.checkpoint_every == 0 or current == end_step or preempted
+            if saving or current % config.log_every == 0 or current % config.eval_every == 0:
+                skipped, unchecked = _check_finite(run, *unchecked, skipped), None  # never log or save unchecked
             if current % config.log_every == 0 or current == end_step:
                 logged = {k: metrics.to_builtin(v) for k, v in jax.device_get(step_metrics).items()}
                 logged = _named_vectors(logged, data.names)
@@ -642,7 +654,7 @@ def loop(run: Run, end_step: int) -> dict:
                 summary.update(results)
                 if is_main:
                     print(f"step {current}: {format_validation(results)}", flush=True)
-            if run.preemption.reached(current):
+            if preempted:
                 _save(run, current, force=True)
                 summary["preempted"] = True
                 if is_main:
