@@ -32,10 +32,11 @@ routed rows; ``dense`` runs every expert on every row. Tiny ``fast`` and
 ``flow`` agree as well as ``fast+flow`` (0.982, 0.982). Forward-only ratios are
 the same: XLA's training count is 2.99-3.00x its forward count.
 
-One gap is not padding: in ``flow`` mode with ``flow.knowledge_insulation`` (the
-presets' default) the ViT and the backbone get no gradient at all, so XLA's
-training count of tiny is 1.05x its forward count and 3 x forward overstates it
-2.79x. The flow case here turns the insulation off.
+One gap was not padding: in ``flow`` mode with ``flow.knowledge_insulation`` the
+ViT and the backbone get no gradient at all (XLA's training count of tiny is
+1.05x its forward count; 3 x forward overstated it 2.79x). Nothing would train
+them, so the config check now refuses that combination; the flow case here
+turns the insulation off.
 """
 
 from __future__ import annotations
