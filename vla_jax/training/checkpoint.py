@@ -154,12 +154,18 @@ class Checkpointer:
         return sorted(p.name for p in (self.directory / str(step)).iterdir() if p.is_dir())
 
     def saved_arrays(self, step: int) -> dict[str, list[tuple[str, tuple[int, ...], str]]]:
-        """``item -> [(path, shape, dtype)]`` of the array items of ``step``, from Orbax's metadata (no array read)."""
-        metadata = self.manager.item_metadata(step)
+        """``item -> [(path, shape, dtype)]`` of the array items of ``step``, from their Orbax metadata (no array read).
+
+        Read per item directory with the handler that wrote it, so it works in a
+        process that has not saved anything itself.
+        """
+        handler = ocp.StandardCheckpointHandler()
         found = {}
         for item in ARRAY_ITEMS:
-            if item in metadata and metadata[item] is not None:
-                found[item] = array_leaves(getattr(metadata[item], "tree", metadata[item]))
+            path = self.directory / str(step) / item
+            if path.is_dir():
+                metadata = handler.metadata(path)
+                found[item] = array_leaves(getattr(metadata, "tree", metadata))
         return found
 
     def saved_config(self, step: int) -> dict:

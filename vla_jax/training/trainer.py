@@ -99,12 +99,13 @@ def _named_differences(item: str, saved: list, expected: list) -> list[str]:
 
 
 def _ordered_differences(item: str, saved: list, expected: list) -> list[str]:
-    """Optimizer state (optax's containers are saved as plain lists): the arrays' shapes and dtypes in order."""
+    """Optimizer state (optax's containers are saved as dicts of their positions): the arrays' shapes and dtypes."""
     if len(saved) != len(expected):
         return [f"{item} holds {len(saved)} arrays there, {len(expected)} here"]
-    for (_, *there), (_, *here) in zip(saved, expected, strict=True):
-        if there != here:
-            return [f"{item} has a {there[0]} {there[1]} array there, {here[0]} {here[1]} here"]
+    there, here = sorted(tuple(rest) for _, *rest in saved), sorted(tuple(rest) for _, *rest in expected)
+    for (a_shape, a_dtype), (b_shape, b_dtype) in zip(there, here, strict=True):
+        if (a_shape, a_dtype) != (b_shape, b_dtype):
+            return [f"{item} has a {a_shape} {a_dtype} array there, {b_shape} {b_dtype} here"]
     return []
 
 
