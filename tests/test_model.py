@@ -234,6 +234,7 @@ def test_flow_time_is_a_true_beta_1_5_1_mapped_into_the_unit_interval():
     assert stats.kstest(t, stats.uniform().cdf).pvalue < 1e-6  # not the uniform schedule
 
 
+@pytest.mark.slow  # compiles several models: the slow tier
 def test_remat_policies_and_bfloat16_compute_give_the_same_loss():
     batch = _batch(np.random.default_rng(11))
     rng = jax.random.key(3)

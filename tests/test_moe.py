@@ -70,6 +70,7 @@ def test_dispatches_agree_when_nothing_is_dropped(kind):
     assert not np.allclose(np.asarray(y_tight), np.asarray(y_dense), atol=1e-3)
 
 
+@pytest.mark.slow  # compiles several models: the slow tier
 def test_ragged_dispatch_matches_dense_in_value_and_gradient_with_padding():
     rng = np.random.default_rng(4)
     x = jnp.asarray(rng.normal(size=(8, 6, 64)), jnp.float32)

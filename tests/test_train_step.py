@@ -125,6 +125,7 @@ def test_bad_optimizer_settings_are_config_errors():
         optimizer.make_optimizer(optimizer.optimizer_config(freeze="(vit"), 10)
 
 
+@pytest.mark.slow  # compiles several models: the slow tier
 def test_ragged_dispatch_trains_like_capacity_on_an_fsdp_mesh(demo_batch):
     _, batch = demo_batch
     sgd = optax.sgd(1.0)  # params_after = params - grads
