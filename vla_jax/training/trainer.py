@@ -346,15 +346,18 @@ def check_replicated_fraction(config: ml_collections.ConfigDict, mesh, fraction:
         )
 
 
-def summarize_config(config: ml_collections.ConfigDict, mesh_shape: dict[str, int] | None = None) -> dict:
+def summarize_config(
+    config: ml_collections.ConfigDict, mesh_shape: dict[str, int] | None = None, io: IOShapes | None = None
+) -> dict:
     """`vla-jax model summary` of ``config`` on its mesh (or ``mesh_shape``), from shapes alone.
 
     The mesh need not exist here (see :func:`sharding.abstract_mesh`). No
-    dataset is read when ``data.action_dim`` and ``data.state_dim`` are set.
+    dataset is read when ``data.action_dim`` and ``data.state_dim`` are set,
+    nor when ``io`` is given.
     """
     return summary_lib.summarize(
         config.model,
-        io_shapes(config),
+        io or io_shapes(config),
         sharding.abstract_mesh(mesh_shape or dict(config.mesh)),
         rules=tuple(tuple(r) for r in config.sharding.rules),
         fsdp_min_bytes=config.sharding.fsdp_min_bytes,
@@ -364,8 +367,9 @@ def summarize_config(config: ml_collections.ConfigDict, mesh_shape: dict[str, in
 
 def dry_run(config: ml_collections.ConfigDict) -> dict:
     """:func:`summarize_config` plus EMA, gradients and examples per device; checks the replicated fraction."""
-    result = summarize_config(config)
-    abstract_model = nnx.eval_shape(lambda: build_model(config.model, io_shapes(config), config.seed))
+    io = io_shapes(config)  # opens the mixture once for both uses
+    result = summarize_config(config, io=io)
+    abstract_model = nnx.eval_shape(lambda: build_model(config.model, io, config.seed))
     optimizer.check_freeze_matches(config.optimizer, nnx.to_pure_dict(nnx.state(abstract_model, nnx.Param)))
     mesh = sharding.abstract_mesh(dict(config.mesh))
     ema = result["param_bytes_per_device"] if config.ema_decay > 0 else 0
