@@ -15,3 +15,7 @@ class DataError(VlaJaxError):
 
 class CheckpointError(VlaJaxError):
     """No usable checkpoint where one was required."""
+
+
+class ObservationError(VlaJaxError):
+    """A robot observation given to a policy is malformed (missing key, wrong shape, dtype or value)."""

@@ -1,0 +1,1 @@
+"""Running trained policies: load a checkpoint or release, infer, export, serve over websockets."""
