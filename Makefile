@@ -11,6 +11,9 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
+	# openpi's client (for the serving tests) pins numpy<2 but works with numpy 2: install it without its deps
+	# (its real ones, msgpack, websockets, dm-tree, pillow, typing_extensions, are in the test extra or main deps).
+	$(BIN)/python -m pip install -q --no-deps 'openpi-client==0.1.2'
 	touch $@
 
 demo: $(BIN)/.installed

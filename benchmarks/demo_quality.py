@@ -56,7 +56,7 @@ def main(argv: list[str]) -> dict:
         )
         batch_sharding = run.batch_sharding
         with jax.set_mesh(run.mesh), sharding.logical_rules(run.rules):
-            eval_step = trainer.make_eval_steps(config, run.layout, batch_sharding, prompt)["val"]
+            eval_step = trainer.make_eval_steps(config, run.layout, batch_sharding, prompt, run.eval_graphdef)["val"]
 
             def error_with(shuffle):
                 batches = [loader.to_global_batch(shuffle(b), batch_sharding) for b in val]

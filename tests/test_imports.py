@@ -22,6 +22,7 @@ STAGES = {
     "models": "models",
     "training": "training",
     "validation": "training",
+    "inference": "inference",
     "cli": "commands",
 }
 ALLOWED = {
@@ -30,7 +31,8 @@ ALLOWED = {
     "data": {"core", "tokenizers", "data"},
     "models": {"core", "models"},
     "training": {"core", "tokenizers", "data", "models", "training"},
-    "commands": {"core", "tokenizers", "data", "models", "training", "commands"},
+    "inference": {"core", "tokenizers", "data", "models", "training", "inference"},
+    "commands": {"core", "tokenizers", "data", "models", "training", "inference", "commands"},
 }
 
 

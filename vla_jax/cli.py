@@ -10,6 +10,8 @@
     vla-jax tokenizer fit --config CFG [--config.key=value ...] --out FILE [--chunks N] [--json]
     vla-jax tokenizer eval FILE --config CFG [--config.key=value ...] [--chunks N] [--json]
     vla-jax model summary (--config CFG [--config.key=value ...] | --preset NAME) [--mesh fsdp=8] [--json]
+    vla-jax export WORKDIR --out DIR [--step N]
+    vla-jax serve WORKDIR_OR_RELEASE [--host 127.0.0.1] [--port 8000] [--token T] [--decoder flow|fast] [--keys MAP]
 
 Errors the user can fix (bad config key, missing dataset, corrupt cache,
 unusable checkpoint) are printed as one line and exit with status 2.
@@ -103,6 +105,26 @@ def _parser() -> argparse.ArgumentParser:
         help="mesh axes as axis=size,... (e.g. fsdp=8); default: the config's mesh, or fsdp over the local devices",
     )
     summary.add_argument("--json", action="store_true", help="print JSON")
+
+    export = commands.add_parser("export", help="write a self-contained release of a training workdir's checkpoint")
+    export.add_argument("workdir", help="training workdir (holds checkpoints/)")
+    export.add_argument("--out", required=True, help="release directory to create (must not exist, or be empty)")
+    export.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest complete one)")
+    export.add_argument("--json", action="store_true", help="print release.json")
+
+    serve = commands.add_parser("serve", help="serve a policy over websockets (openpi's policy protocol)")
+    serve.add_argument("path", help="a release directory (vla-jax export) or a training workdir")
+    serve.add_argument("--step", type=int, default=None, help="with a workdir: checkpoint step (default: latest)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--token", default=None, help="require 'Authorization: Api-Key TOKEN' from clients")
+    serve.add_argument("--decoder", choices=("flow", "fast"), default=None, help="default: flow where the model has it")
+    serve.add_argument("--flow-steps", type=int, default=None, help="Euler steps of the flow sampler")
+    serve.add_argument("--max-batch", type=int, default=8, help="requests batched into one model call")
+    serve.add_argument("--max-message-mb", type=float, default=32.0, help="largest request accepted, MiB")
+    serve.add_argument(
+        "--keys", default="", help="observation key map: a preset (libero, droid) or ours=theirs[+theirs2],..."
+    )
     return parser
 
 
@@ -187,6 +209,47 @@ def _train(args, overrides: list[str]) -> None:
     trainer.train(config, args.workdir, stop_at_step=args.stop_at, validate_first=False)  # validated above
 
 
+def _export(args) -> None:
+    from vla_jax.inference import release
+
+    summary = release.export(args.workdir, args.out, args.step)
+    text = (
+        f"wrote {args.out}: step {summary['step']} ({summary['parameters_from']}), {summary['num_params']:,} params, "
+        f"datasets {sorted(summary['datasets'])}, {len(summary['files'])} files"
+    )
+    _print(summary, args.json, text)
+
+
+def _serve(args) -> None:
+    from vla_jax.inference import server
+    from vla_jax.inference.policy import Policy, bucket_sizes
+
+    key_map = server.KeyMap.parse(args.keys) if args.keys else None  # a bad map fails before the model loads
+    if args.max_batch < 1:
+        raise ConfigError(f"--max-batch is {args.max_batch}; expected at least 1")
+    policy = Policy.load(
+        args.path,
+        step=args.step,
+        decoder=args.decoder,
+        flow_steps=args.flow_steps,
+        warmup_batch_sizes=bucket_sizes(args.max_batch),
+    )
+    compiled = ", ".join(f"{k} {v:.1f}s" for k, v in policy.warmup_s.items())
+    print(f"vla-jax: loaded {policy.parts.source} (step {policy.parts.step}); compiled {compiled}", flush=True)
+    limit = int(args.max_message_mb * 2**20)
+    with server.PolicyServer(
+        policy,
+        args.host,
+        args.port,
+        token=args.token,
+        max_message_bytes=limit,
+        max_batch_size=args.max_batch,
+        key_map=key_map,
+    ) as running:
+        print(f"vla-jax: serving on ws://{args.host}:{args.port} (decoder {policy.decoder})", flush=True)
+        running.serve_forever()
+
+
 def _print(result: dict, as_json: bool, text: str) -> None:
     print(json.dumps(result, indent=1) if as_json else text)
 
@@ -236,6 +299,10 @@ def main(argv: list[str] | None = None) -> int:
             _tokenizer(args, overrides)
         elif args.command == "model":
             _model(args, overrides)
+        elif args.command == "export":
+            _export(args)
+        elif args.command == "serve":
+            _serve(args)
     except VlaJaxError as e:
         print(f"vla-jax: error: {e}", file=sys.stderr)
         return 2

@@ -47,6 +47,14 @@ class IOShapes:
     goal_images: bool = False  # one goal image per camera (data.goal_relabeling)
     num_action_spaces: int = NUM_ACTION_SPACES
 
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> IOShapes:
+        fields = {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
     @property
     def image_streams(self) -> tuple[tuple[str, int], ...]:
         """``(name, channels)`` of every image stream, in token order: cameras, depth cameras, goal images."""

@@ -42,9 +42,12 @@ def resize_image(image: tf.Tensor, size: int, mode: str = "pad") -> tf.Tensor:
     return tf.cast(image, dtype)
 
 
-def decode_image(encoded: tf.Tensor, size: int, mode: str) -> tf.Tensor:
-    """Encoded JPEG/PNG bytes to uint8 ``[size, size, 3]``; skips resizing when already that size."""
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+def fit_image(image: tf.Tensor, size: int, mode: str) -> tf.Tensor:
+    """A decoded uint8 camera image ``[H, W, 3]`` as the model sees it: ``[size, size, 3]``, resized only if needed.
+
+    The one resize of camera images: the pipeline applies it after decoding, a
+    policy to a robot's raw frames.
+    """
     shape = tf.shape(image)
     image = tf.cond(
         tf.logical_and(shape[0] == size, shape[1] == size),
@@ -52,6 +55,16 @@ def decode_image(encoded: tf.Tensor, size: int, mode: str) -> tf.Tensor:
         lambda: resize_image(image, size, mode),
     )
     return tf.ensure_shape(image, [size, size, 3])
+
+
+def fit_depth(depth: tf.Tensor, size: int, mode: str) -> tf.Tensor:
+    """A decoded float32 depth image ``[H, W, 1]`` as the model sees it: ``[size, size, 1]``."""
+    return tf.ensure_shape(resize_image(depth, size, mode), [size, size, 1])
+
+
+def decode_image(encoded: tf.Tensor, size: int, mode: str) -> tf.Tensor:
+    """Encoded JPEG/PNG bytes to uint8 ``[size, size, 3]`` (see :func:`fit_image`)."""
+    return fit_image(tf.io.decode_image(encoded, channels=3, expand_animations=False), size, mode)
 
 
 def decode_depth(encoded: tf.Tensor, size: int, mode: str) -> tf.Tensor:
@@ -66,7 +79,7 @@ def decode_depth(encoded: tf.Tensor, size: int, mode: str) -> tf.Tensor:
         is_png, lambda: tf.cast(tf.io.decode_png(encoded, channels=1, dtype=tf.uint16), tf.float32), parse_float
     )
     depth.set_shape([None, None, 1])
-    return tf.ensure_shape(resize_image(depth, size, mode), [size, size, 1])
+    return fit_depth(depth, size, mode)
 
 
 def decode_frame(

@@ -62,6 +62,13 @@ GRIPPER_CONVENTIONS = {
     "closed=1,open=-1": (-1.0, 1.0),
     "none": None,
 }
+# Each convention as ``canonical = scale * stored + offset`` (canonical: 1=open, 0=closed); a policy inverts it.
+GRIPPER_TO_CANONICAL = {
+    "open=1,closed=0": (1.0, 0.0),
+    "open=1,closed=-1": (0.5, 0.5),
+    "closed=1,open=0": (-1.0, 1.0),
+    "closed=1,open=-1": (-0.5, 0.5),
+}
 STATE_ENCODINGS = ("none", "eef_pos_euler", "eef_pos_quat", "joint", "joint_bimanual", "other")
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from vla_jax.data.specs import CAMERA_ROLES, DatasetSpec
+from vla_jax.data.specs import CAMERA_ROLES, GRIPPER_TO_CANONICAL, DatasetSpec
 from vla_jax.errors import DataError
 
 
@@ -35,17 +35,12 @@ def lookup(tree: dict, path: str, spec: DatasetSpec, where: str = ""):
 
 
 def canonical_gripper(action: tf.Tensor, spec: DatasetSpec) -> tf.Tensor:
-    """Maps the spec's gripper dims to 1=open, 0=closed."""
+    """Maps the spec's gripper dims to 1=open, 0=closed (``GRIPPER_TO_CANONICAL``)."""
     if not spec.gripper_dims:
         return action
-    convert = {
-        "open=1,closed=0": lambda g: g,
-        "open=1,closed=-1": lambda g: (g + 1.0) / 2.0,
-        "closed=1,open=0": lambda g: 1.0 - g,
-        "closed=1,open=-1": lambda g: (1.0 - g) / 2.0,
-    }[spec.gripper_convention]
+    scale, offset = GRIPPER_TO_CANONICAL[spec.gripper_convention]
     is_gripper = tf.constant([i in spec.gripper_dims for i in range(spec.action_dim)])
-    return tf.where(is_gripper, convert(action), action)
+    return tf.where(is_gripper, scale * action + offset, action)
 
 
 def _encoded_depth(depth: tf.Tensor) -> tf.Tensor:

@@ -91,6 +91,18 @@ def noisy_chunks(rng: jax.Array, actions: jax.Array) -> tuple[jax.Array, jax.Arr
     return t * noise + (1.0 - t) * actions, time, noise - actions
 
 
+def start_noise(rng: jax.Array, row_seeds: jax.Array, horizon: int, action_dim: int) -> jax.Array:
+    """Sampling's starting noise ``[B, H, A]``: row ``i`` is drawn from ``fold_in(rng, row_seeds[i])`` alone.
+
+    So a row's sample does not depend on what else is in its batch: the trainer's
+    validation (row seeds 0..B-1) and a policy serving batched requests (each
+    with its own seed) draw the same noise for the same seed.
+    """
+    return jax.vmap(lambda s: jax.random.normal(jax.random.fold_in(rng, s), (horizon, action_dim), jnp.float32))(
+        row_seeds
+    )
+
+
 def euler_sample(velocity_fn, noise: jax.Array, num_steps: int) -> jax.Array:
     """Integrates ``dx/dt = velocity_fn(x, t)`` from ``t = 1`` (noise) to 0 in ``num_steps`` Euler steps."""
     b = noise.shape[0]

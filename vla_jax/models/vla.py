@@ -32,7 +32,7 @@ from flax import nnx
 from vla_jax import sharding
 from vla_jax.errors import ConfigError
 from vla_jax.models import moe
-from vla_jax.models.action_expert import ActionExpert, euler_sample, noisy_chunks
+from vla_jax.models.action_expert import ActionExpert, euler_sample, noisy_chunks, start_noise
 from vla_jax.models.layers import Dense, param
 from vla_jax.models.transformer import Decoder, prefix_lm_mask
 from vla_jax.models.vit import ViT
@@ -189,22 +189,27 @@ class VLA(nnx.Module):
 
     # -- inference ------------------------------------------------------------------------------------------------
 
-    def sample_actions(self, obs: Observation, rng: jax.Array, num_steps: int | None = None) -> jax.Array:
+    def sample_actions(
+        self, obs: Observation, rng: jax.Array, num_steps: int | None = None, row_seeds: jax.Array | None = None
+    ) -> jax.Array:
         """Flow modes: normalized action chunks ``[B, H, A]`` by Euler integration from noise (t=1) to data (t=0).
 
-        The backbone runs once; each step runs only the expert. Any FAST postfix
-        in the batch's prompt is ignored.
+        Row ``i`` starts from noise of ``fold_in(rng, row_seeds[i])`` (default
+        seeds ``0..B-1``; see :func:`start_noise`). The backbone runs once; each
+        step runs only the expert. Any FAST postfix in the batch's prompt is ignored.
         """
         check_batch(obs, self.io, "observation")
         num_steps = num_steps or self.flow_steps
         _, kvs, prefix, prefix_length = self._prefix_context(obs)
         routing = self._routing(obs)
-        shape = (prefix.shape[0], self.io.action_horizon, self.io.action_dim)
+        rows = prefix.shape[0]
+        row_seeds = jnp.arange(rows, dtype=jnp.int32) if row_seeds is None else row_seeds
+        noise = start_noise(rng, row_seeds, self.io.action_horizon, self.io.action_dim)
 
         def velocity(x, time):
             return self.action_expert(x, time, kvs, prefix, prefix_length, routing)[0]
 
-        return euler_sample(velocity, jax.random.normal(rng, shape, jnp.float32), num_steps)
+        return euler_sample(velocity, noise, num_steps)
 
     def generate(self, obs: Observation, num_tokens: int, eos_id: int) -> jax.Array:
         """FAST modes: greedy postfix ids ``[B, num_tokens]`` after each prompt's prefix, with a KV cache.
@@ -291,6 +296,21 @@ def action_errors(predicted: jax.Array, target: jax.Array, weight: jax.Array) ->
     count = jnp.maximum(weight.sum(), 1.0)
     diff = predicted - target
     return {"mse": (jnp.square(diff) * weight).sum() / count, "mae": (jnp.abs(diff) * weight).sum() / count}
+
+
+def dropless(model_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """``model_config`` with every capacity-dispatched MoE layer dispatched dropless (``ragged``; same parameters).
+
+    What predictions use (validation and inference): with capacity buffers a
+    row's output would depend on the other rows of its batch and on how many
+    devices share it; dropless, it depends on the row alone.
+    """
+    out = ml_collections.ConfigDict(model_config.to_dict())
+    moe_config = out.expert.moe
+    for key in ("as_dispatch", "hb_dispatch"):
+        if moe_config[key] == "capacity":
+            moe_config[key] = "ragged"
+    return out
 
 
 def build_model(model_config: ml_collections.ConfigDict, io: IOShapes, seed: int) -> VLA:

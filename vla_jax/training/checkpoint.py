@@ -3,7 +3,8 @@
 Each step directory holds composite items: ``params`` (plain nested dicts),
 ``opt_state``, ``ema`` (when EMA is on), ``config`` (the resolved config),
 ``dataset_statistics`` (with their normalization mode), ``tokenizers`` (the
-run's tokenizer files, base64) and ``meta`` (package version, step, seed of
+run's tokenizer files, base64), ``policy`` (the model's input shapes and each
+dataset's embodiment: what inference needs besides the config) and ``meta`` (package version, step, seed of
 the step randomness and of the data stream, frames consumed). A fine-tune can
 read ``params`` alone.
 
@@ -51,16 +52,24 @@ class Checkpointer:
     """Saves and restores train states in ``directory`` (async, keep last N)."""
 
     def __init__(
-        self, directory: str | pathlib.Path, *, max_to_keep: int, save_interval_steps: int, keep_period: int = 0
+        self,
+        directory: str | pathlib.Path,
+        *,
+        max_to_keep: int,
+        save_interval_steps: int,
+        keep_period: int = 0,
+        read_only: bool = False,
     ):
+        """``read_only`` (a policy reading a live run's workdir) never deletes, cleans up or writes anything."""
         self.directory = pathlib.Path(directory).absolute()
         self.save_interval_steps = save_interval_steps
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             keep_period=keep_period or None,
-            enable_async_checkpointing=True,
-            create=True,
-            cleanup_tmp_directories=True,
+            enable_async_checkpointing=not read_only,
+            create=not read_only,
+            cleanup_tmp_directories=not read_only,
+            read_only=read_only,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options)
         self._pending = -1  # the step of the last save started
@@ -77,6 +86,7 @@ class Checkpointer:
         statistics: dict,
         data_seed: int,
         tokenizers: dict[str, bytes] | None = None,
+        policy: dict | None = None,
         frames_consumed: int = 0,
         force: bool = False,
     ) -> bool:
@@ -102,6 +112,8 @@ class Checkpointer:
             "tokenizers": ocp.args.JsonSave({k: base64.b64encode(v).decode() for k, v in (tokenizers or {}).items()}),
             "meta": ocp.args.JsonSave(meta),
         }
+        if policy is not None:
+            items["policy"] = ocp.args.JsonSave(policy)
         if "ema" in state:
             items["ema"] = ocp.args.StandardSave(state["ema"])
         self.wait()  # the previous async save must be done (Orbax would wait anyway); its failure is its own
@@ -170,7 +182,25 @@ class Checkpointer:
 
     def saved_config(self, step: int) -> dict:
         """The resolved config stored with ``step``."""
-        return dict(self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
+        return self.saved_json(step, ["config"])["config"]
+
+    def saved_json(self, step: int, names: list[str]) -> dict:
+        """The JSON items ``names`` of ``step`` that it holds (no array is read); tokenizers decoded to bytes."""
+        present = set(self.item_names(step))
+        wanted = [name for name in names if name in present]
+        restored = self.manager.restore(step, args=ocp.args.Composite(**{n: ocp.args.JsonRestore() for n in wanted}))
+        found = {name: dict(restored[name]) for name in wanted}
+        if "tokenizers" in found:
+            found["tokenizers"] = {k: base64.b64decode(v) for k, v in found["tokenizers"].items()}
+        return found
+
+    def restore_params(self, step: int, abstract_params: dict, *, ema: bool = True) -> tuple[dict, str]:
+        """The EMA parameters of ``step`` when it holds them (and ``ema``), else its parameters; and which item."""
+        item = "ema" if ema and "ema" in self.item_names(step) else "params"
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(abstract_params)})
+        )
+        return restored[item], item
 
     def restore_latest(
         self, abstract_state: dict, check_config: Callable[[int, Checkpointer], None] | None = None

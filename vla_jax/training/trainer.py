@@ -22,12 +22,12 @@ from jax.experimental import multihost_utils
 
 from vla_jax import config as config_lib
 from vla_jax import sharding, validation
-from vla_jax.data import loader
+from vla_jax.data import embodiment, loader
 from vla_jax.data.specs import ACTION_SPACES
 from vla_jax.data.statistics import normalize, unnormalize
 from vla_jax.errors import CheckpointError, ConfigError, VlaJaxError
 from vla_jax.files import write_atomically
-from vla_jax.models.vla import VLA, build_model, uses_fast, uses_flow
+from vla_jax.models.vla import VLA, build_model, dropless, uses_fast, uses_flow
 from vla_jax.observation import IOShapes
 from vla_jax.tokenizers import build
 from vla_jax.tokenizers.prompt import PromptTokenizer
@@ -217,13 +217,18 @@ def format_validation(results: dict) -> str:
     return line
 
 
-def make_eval_steps(config, layout: state.StateLayout, batch_sharding, prompt: PromptTokenizer) -> dict:
+def make_eval_steps(
+    config, layout: state.StateLayout, batch_sharding, prompt: PromptTokenizer, eval_graphdef: nnx.GraphDef
+) -> dict:
     """The validation steps :func:`evaluate` takes, by the prefix of their result keys.
 
     Flow modes are judged by the action expert's samples (``val_*``); fast
     mode by greedy decoding (``val_*``). In ``fast+flow`` greedy decoding is
-    measured too, under ``val_fast_*``.
+    measured too, under ``val_fast_*``. Predictions run ``eval_graphdef``
+    (``Setup.eval_graphdef``: dropless MoE dispatch, as a policy runs), so each
+    row's prediction depends on that row alone, whatever the batch and mesh.
     """
+    layout = dataclasses.replace(layout, graphdef=eval_graphdef)
     decode_tokens = config.tokenizer.decode_tokens or config.tokenizer.max_length
     steps = {}
     if uses_flow(config.model.mode):
@@ -318,6 +323,7 @@ class Setup:
     model_fn: Callable[[], VLA]
     layout: state.StateLayout
     batch_sharding: jax.sharding.NamedSharding
+    eval_graphdef: nnx.GraphDef  # the model with dropless MoE dispatch, for predictions (same parameters)
 
 
 def setup(config: ml_collections.ConfigDict, devices=None) -> Setup:
@@ -332,7 +338,8 @@ def setup(config: ml_collections.ConfigDict, devices=None) -> Setup:
         layout = state.make_layout(model_fn, tx, mesh, rules, config.sharding.fsdp_min_bytes, ema=config.ema_decay > 0)
     optimizer.check_freeze_matches(config.optimizer, layout.abstract["params"])
     check_replicated_fraction(config, mesh, layout.replicated_fraction)
-    return Setup(mesh, rules, data, tx, io, model_fn, layout, sharding.batch_sharding(mesh))
+    eval_graphdef = nnx.graphdef(nnx.eval_shape(lambda: build_model(dropless(config.model), io, config.seed)))
+    return Setup(mesh, rules, data, tx, io, model_fn, layout, sharding.batch_sharding(mesh), eval_graphdef)
 
 
 def check_replicated_fraction(config: ml_collections.ConfigDict, mesh, fraction: float) -> None:
@@ -519,7 +526,7 @@ def start(
             ema_decay=config.ema_decay,
             num_datasets=len(data.sources),
         )
-        eval_steps = make_eval_steps(config, layout, batch_sharding, prompt)
+        eval_steps = make_eval_steps(config, layout, batch_sharding, prompt, run.eval_graphdef)
         loss_step = step.make_loss_step(layout, batch_sharding, config.seed)
         val_local = loader.val_batches(
             data, config.data, global_batch_size=config.batch_size, prompt=prompt, prompt_actions=prompt_actions
@@ -550,6 +557,12 @@ def start(
     )  # fmt: skip
 
 
+def policy_description(config: ml_collections.ConfigDict, run: Setup) -> dict:
+    """The checkpoint's ``policy`` item: the model's input shapes and each dataset's embodiment (for inference)."""
+    found = embodiment.embodiments(run.data, config.data)
+    return {"io": run.io.to_json(), "embodiments": {name: e.to_json() for name, e in found.items()}}
+
+
 class NonFiniteError(VlaJaxError):
     """Training produced a non-finite loss, gradient or update."""
 
@@ -563,6 +576,7 @@ def _save(run: Run, at_step: int, force: bool) -> None:
         statistics=run.setup.data.statistics_json(),
         data_seed=config.seed,
         tokenizers=run.tokenizer_files,
+        policy=policy_description(run.config, run.setup),
         frames_consumed=at_step * config.batch_size,
         force=force,
     )

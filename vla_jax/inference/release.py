@@ -1,0 +1,185 @@
+"""Release directories: a self-contained, verified copy of one trained policy (``vla-jax export``).
+
+Layout::
+
+    release.json               format, step, preset, parameter count, cameras, image size, horizon,
+                               datasets (action space, dims, control rate), sha256 of every other file
+    config.json                the run's resolved config
+    dataset_statistics.json    per-dataset statistics with their normalization mode
+    policy.json                the model's input shapes and each dataset's embodiment
+    tokenizers/                the run's tokenizer files
+    params/                    the parameters (EMA when the run kept them), Orbax
+
+The directory is written under a temporary name and renamed when complete, so
+a partial export is never taken for a release. Loading checks every listed
+file's digest first: a corrupt, partial or foreign directory is one error line.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+import vla_jax
+from vla_jax.errors import CheckpointError
+from vla_jax.inference import bundle as bundle_lib
+from vla_jax.models import presets
+
+FORMAT = "vla_jax.release"
+FORMAT_VERSION = 1
+PARAMS_DIR = "params"
+TOKENIZER_DIR = "tokenizers"
+
+
+def _sha256(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _listing(root: pathlib.Path) -> dict[str, str]:
+    """``relative path -> sha256`` of every file under ``root`` except ``release.json``."""
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != bundle_lib.RELEASE_FILE)
+    return {p.relative_to(root).as_posix(): _sha256(p) for p in files}
+
+
+def matching_preset(model_config) -> str:
+    """The preset whose ViT, backbone and expert shapes the model has, or ``"custom"``."""
+    keys = ("vit", "backbone", "expert")
+    for name in presets.PRESETS:
+        preset = presets.model_config(name)
+        if all(preset[k].to_dict() == model_config[k].to_dict() for k in keys):
+            return name
+    return "custom"
+
+
+def release_summary(parts: bundle_lib.PolicyBundle) -> dict:
+    """The descriptive part of ``release.json``."""
+    config = parts.config
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "vla_jax_version": vla_jax.__version__,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "step": parts.step,
+        "parameters_from": parts.parameters_from,
+        "preset": matching_preset(config.model),
+        "mode": config.model.mode,
+        "num_params": parts.num_params,
+        "cameras": list(parts.io.cameras),
+        "depth_cameras": list(parts.io.depth_cameras),
+        "image_size": parts.io.image_size,
+        "action_horizon": parts.io.action_horizon,
+        "datasets": {
+            name: {
+                "action_space": e.action_space,
+                "action_dims": list(e.action_dims),
+                "action_dim": e.action_dim,
+                "control_hz": e.control_hz,
+                "state_dim": e.state_dim,
+                "cameras": list(e.cameras),
+            }
+            for name, e in parts.embodiments.items()
+        },
+    }
+
+
+def export(workdir: str | pathlib.Path, out: str | pathlib.Path, step: int | None = None) -> dict:
+    """Writes the release of ``workdir``'s checkpoint (latest, or ``step``) to ``out``; returns its release.json."""
+    out = pathlib.Path(out).absolute()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CheckpointError(f"--out {out} already exists and is not empty; give a new directory")
+    parts = bundle_lib.load_checkpoint(workdir, step)
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        (tmp / "config.json").write_text(bundle_lib.json_text(parts.config.to_dict()))
+        stats = {name: s.to_json() for name, s in parts.statistics.items()}
+        (tmp / "dataset_statistics.json").write_text(bundle_lib.json_text(stats))
+        description = {
+            "io": parts.io.to_json(),
+            "embodiments": {name: e.to_json() for name, e in parts.embodiments.items()},
+        }
+        (tmp / "policy.json").write_text(bundle_lib.json_text(description))
+        (tmp / TOKENIZER_DIR).mkdir()
+        for name, data in parts.tokenizer_files.items():
+            (tmp / TOKENIZER_DIR / name).write_bytes(data)
+        host_params = jax.tree.map(np.asarray, jax.device_get(parts.params))
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(tmp / PARAMS_DIR, host_params)
+        checkpointer.wait_until_finished()
+        checkpointer.close()
+        summary = dict(release_summary(parts), source=str(parts.source), files=_listing(tmp))
+        (tmp / bundle_lib.RELEASE_FILE).write_text(bundle_lib.json_text(summary))
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary
+
+
+def verify(path: str | pathlib.Path) -> dict:
+    """``release.json`` of a complete, intact release; CheckpointError naming the first problem otherwise."""
+    root = pathlib.Path(path)
+    manifest = root / bundle_lib.RELEASE_FILE
+    try:
+        summary = json.loads(manifest.read_text())
+    except (OSError, ValueError) as error:
+        raise CheckpointError(
+            f"{root}: {bundle_lib.RELEASE_FILE} is unreadable ({error}); not a vla-jax release"
+        ) from None
+    if not isinstance(summary, dict) or summary.get("format") != FORMAT:
+        raise CheckpointError(f"{root}: {bundle_lib.RELEASE_FILE} is not a {FORMAT} manifest (a foreign directory?)")
+    if summary.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{root}: release format version {summary.get('format_version')!r}; this vla_jax reads {FORMAT_VERSION}"
+        )
+    listed = summary.get("files") or {}
+    for name, digest in sorted(listed.items()):
+        file = root / name
+        if not file.is_file():
+            raise CheckpointError(f"{root}: file {name} of the release is missing (a partial copy?)")
+        if _sha256(file) != digest:
+            raise CheckpointError(
+                f"{root}: file {name} does not match its sha256 in {bundle_lib.RELEASE_FILE} (corrupt)"
+            )
+    if not any(name.startswith(f"{PARAMS_DIR}/") for name in listed):
+        raise CheckpointError(f"{root}: {bundle_lib.RELEASE_FILE} lists no parameter files")
+    return summary
+
+
+def load_release(path: str | pathlib.Path, devices=None) -> bundle_lib.PolicyBundle:
+    """A verified release, its parameters placed on ``devices`` (see :func:`bundle.inference_mesh`)."""
+    root = pathlib.Path(path).absolute()
+    summary = verify(root)
+    saved = {
+        "config": json.loads((root / "config.json").read_text()),
+        "dataset_statistics": json.loads((root / "dataset_statistics.json").read_text()),
+        "policy": json.loads((root / "policy.json").read_text()),
+        "tokenizers": {p.name: p.read_bytes() for p in sorted((root / TOKENIZER_DIR).iterdir())},
+    }
+
+    def params_loader(abstract):
+        checkpointer = ocp.StandardCheckpointer()
+        try:
+            return checkpointer.restore(root / PARAMS_DIR, abstract), summary["parameters_from"]
+        except (ValueError, KeyError) as error:
+            raise CheckpointError(f"{root}: the parameters do not fit the model of config.json ({error})") from error
+        finally:
+            checkpointer.close()
+
+    return bundle_lib.assemble(saved, params_loader, bundle_lib.inference_mesh(devices), str(root), summary["step"])
