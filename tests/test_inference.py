@@ -235,3 +235,73 @@ np.save({str(tmp_path / "out.npy")!r}, Policy.load({str(exported)!r}).infer(obs)
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, rtol=1e-5, atol=1e-5)
     leaves = jax.tree.leaves(sharded.parts.params)
     assert any(not leaf.sharding.is_fully_replicated for leaf in leaves)  # it really is spread over 8 devices
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(exported):
+    """``vla-jax serve RELEASE`` in its own process (1 device), with a token and a 1 MiB message limit."""
+    import time
+    import urllib.request
+
+    port = _free_port()
+    command = [sys.executable, "-m", "vla_jax.cli", "serve", str(exported), "--port", str(port)]
+    command += ["--token", "secret", "--max-batch", "2", "--max-message-mb", "1"]
+    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    try:
+        while True:
+            assert process.poll() is None, process.stdout.read()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
+                    assert response.status == 200
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "the server did not come up"
+                time.sleep(0.5)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def test_export_serve_and_openpis_client_give_the_in_process_actions(served, policy):
+    openpi_client = pytest.importorskip("openpi_client.websocket_client_policy")
+    client = openpi_client.WebsocketClientPolicy("127.0.0.1", served, api_key="secret")
+    metadata = client.get_server_metadata()
+    assert metadata["datasets"]["vla_demo"]["action_dim"] == 4 and metadata["decoder"] == "flow"
+    for seed in (0, 5):
+        obs = dict(_good(policy), seed=seed)
+        reply = client.infer(obs)
+        np.testing.assert_allclose(reply["actions"], policy.infer(obs)["actions"], rtol=1e-5, atol=1e-5)
+        assert reply["actions"].dtype == np.float32 and "infer_ms" in reply["server_timing"]
+
+
+def test_the_server_answers_each_bad_request_and_goes_on_serving(served, policy):
+    from vla_jax.inference.client import PolicyClient, PolicyServerError
+
+    with pytest.raises(PolicyServerError, match="401"):
+        PolicyClient("127.0.0.1", served, token="wrong", connect_timeout_s=5)
+    good = dict(_good(policy), seed=1)
+    expected = policy.infer(good)["actions"]
+    big = np.zeros((700, 700, 3), np.uint8)  # 1.4 MiB: over the 1 MiB limit
+    cases = [(mutate, message) for mutate, message in BAD_OBSERVATIONS]
+    cases.append((lambda o: o.update({"image/primary": big}), "over the limit"))
+    with PolicyClient("127.0.0.1", served, token="secret") as client:
+        for mutate, message in cases:
+            obs = dict(good)
+            mutate(obs)
+            with pytest.raises(PolicyServerError, match=message.replace("(", r"\(").replace(")", r"\)")):
+                client.infer(obs)
+            np.testing.assert_allclose(client.infer(good)["actions"], expected, rtol=1e-5, atol=1e-5)
+        client._ws.send(b"\xc1 not msgpack")
+        assert "not valid msgpack" in client._ws.recv()
+        np.testing.assert_allclose(client.infer(good)["actions"], expected, rtol=1e-5, atol=1e-5)

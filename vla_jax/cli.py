@@ -237,7 +237,7 @@ def _serve(args) -> None:
     compiled = ", ".join(f"{k} {v:.1f}s" for k, v in policy.warmup_s.items())
     print(f"vla-jax: loaded {policy.parts.source} (step {policy.parts.step}); compiled {compiled}", flush=True)
     limit = int(args.max_message_mb * 2**20)
-    with server.PolicyServer(
+    running = server.PolicyServer(
         policy,
         args.host,
         args.port,
@@ -245,9 +245,9 @@ def _serve(args) -> None:
         max_message_bytes=limit,
         max_batch_size=args.max_batch,
         key_map=key_map,
-    ) as running:
-        print(f"vla-jax: serving on ws://{args.host}:{args.port} (decoder {policy.decoder})", flush=True)
-        running.serve_forever()
+    )
+    print(f"vla-jax: serving on ws://{args.host}:{args.port} (decoder {policy.decoder}); Ctrl-C stops", flush=True)
+    running.serve_forever()
 
 
 def _print(result: dict, as_json: bool, text: str) -> None:
