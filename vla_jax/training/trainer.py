@@ -714,6 +714,17 @@ def _mark_failed(workdir: pathlib.Path, error: BaseException) -> None:
     write_atomically(workdir / FAILED_FILE, (line.splitlines() or [type(error).__name__])[0].encode() + b"\n")
 
 
+def write_initial_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> None:
+    """A step-0 checkpoint of freshly initialized parameters, with tokenizers, statistics and the policy item.
+
+    For trying a serving stack (or measuring latency) before anything is trained.
+    """
+    workdir = pathlib.Path(workdir).absolute()
+    with contextlib.ExitStack() as resources:
+        run = start(config, workdir, resources, end_step=0)
+        _save(run, 0, force=True)
+
+
 def train(
     config: ml_collections.ConfigDict,
     workdir: str | pathlib.Path,
