@@ -19,12 +19,13 @@ $(BIN)/.installed: pyproject.toml
 demo: $(BIN)/.installed
 	$(BIN)/vla-jax train --config experiments/demo.py --workdir $(WORKDIR)
 
-# Everything (what CI runs); test-fast leaves out the training-loop and multi-host tests (marked slow).
+# Everything (what CI runs), on 2 workers; a test file stays on one worker, so its module fixtures (a trained
+# run) are built once. test-fast leaves out the training-loop, multi-host and serving tests (marked slow).
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
 
 test-fast: $(BIN)/.installed
-	$(BIN)/python -m pytest -q -n 2 -m "not slow"
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
 
 test-slow: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -m slow
