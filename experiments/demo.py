@@ -4,9 +4,10 @@ The main job of the README (`make demo`). The dataset is generated on first use
 into ~/.cache/vla_jax (or $VLA_JAX_CACHE). The `tiny` policy (SigLIP-style ViT,
 Gemma-style backbone, HiMoE flow-matching expert) learns actions both as FAST
 tokens in a π0-FAST prompt and with the expert; validation reports both the
-expert's samples and greedy FAST decoding. A default run takes about 12
+expert's samples and greedy FAST decoding. A default run takes 12 to 30
 minutes on 2 CPU cores and ends with a greedy-decoding action error of about
-0.48 times that of always predicting the mean action (the expert: about 0.51).
+0.55 times that of always predicting the mean action (seed 0, 2026-12-05;
+benchmarks/RESULTS.md).
 
     vla-jax train --config experiments/demo.py --workdir workdirs/demo
 """
