@@ -4,7 +4,9 @@ import os
 
 # Must happen before JAX is imported anywhere.
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Forced, not defaulted: tests that read a CLI's stderr line by line must not see TensorFlow's
+# C++ start-up logs, whatever level the calling environment asks for (CI's did).
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
 
 import pathlib  # noqa: E402
 
