@@ -40,6 +40,14 @@ REFUSED = [
     ("keep_period=-1", None),
     ("device_peak_flops=-1.0", None),
     ("device_peak_flops=nan", None),
+    # Closed-loop evaluation.
+    ("closed_loop.env=moon", None),
+    ("closed_loop.episodes=0", None),
+    ("closed_loop.num_envs=0", None),
+    ("closed_loop.num_envs=65", None),
+    ("closed_loop.execute_steps=-1", None),
+    ("closed_loop.execute_steps=5", None),  # more than the chunk of 4
+    ("closed_loop.seed=-1", None),
     # Mesh and sharding.
     ("mesh.fsdp=0", None),
     ("mesh.fsdp=-3", None),
@@ -189,6 +197,8 @@ REFUSED = [
 
 # (override of demo.py, a warning it must give; None: no warning)
 ACCEPTED = [
+    ("closed_loop.env=demo", None),
+    ("closed_loop.execute_steps=4", None),
     ("batch_size=8", None),
     ("batch_size=1", None),
     ("seed=123", None),
@@ -284,7 +294,7 @@ def test_the_census_is_big_enough():
     assert len(REFUSED) + len(ACCEPTED) >= 110
     assert len({o for o, _ in REFUSED + ACCEPTED}) == len(REFUSED + ACCEPTED)
     groups = {o.split("=")[0].split(".")[0] for o, _ in REFUSED if "." in o.split("=")[0]}
-    assert groups == {"mesh", "sharding", "data", "tokenizer", "model", "optimizer"}
+    assert groups == {"closed_loop", "mesh", "sharding", "data", "tokenizer", "model", "optimizer"}
 
 
 @pytest.mark.parametrize("override, field", REFUSED, ids=[o for o, _ in REFUSED])

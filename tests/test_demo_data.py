@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 
 from vla_jax.data import demo
+from vla_jax.envs import demo as demo_env
+from vla_jax.envs.demo import DemoEnv
 from vla_jax.errors import DataError
 
 
@@ -29,17 +31,41 @@ def test_rlds_layout_and_episode_flags(demo_dir):
 def test_action_depends_on_named_block_position():
     """The first move heads to the named block, not to the others: vision and language both matter."""
     to_named, to_other = [], []
-    for index in range(50):
-        episode = demo.generate_episode(np.random.default_rng([7, index]))
-        first = episode["steps"][0]
-        assert episode["target_color"] in first["language_instruction"]
-        start = first["observation"]["state"][:2]
-        direction = first["action"][:2] / np.linalg.norm(first["action"][:2])
-        for name, block in zip(episode["block_colors"], episode["block_positions"]):
+    for seed in range(50):
+        env = DemoEnv()
+        first = env.reset(10_000 + seed)
+        action = env.expert_action()
+        assert env.color_names[env.target] in first["prompt"]
+        start = first["state"][:2]
+        direction = action[:2] / np.linalg.norm(action[:2])
+        for index, block in enumerate(env.blocks):
             cosine = float(direction @ (block - start) / np.linalg.norm(block - start))
-            (to_named if name == episode["target_color"] else to_other).append(cosine)
+            (to_named if index == env.target else to_other).append(cosine)
     assert np.mean(to_named) > 0.98
     assert np.mean(to_other) < 0.6
+
+
+def test_the_dataset_is_the_environment_rolled_out_by_the_expert(demo_dir):
+    """One source of truth: each recorded episode's frames, states and actions are the env's from its seed."""
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder_from_directory(str(demo_dir))
+    for split, first_seed in (("train", 0), ("val", demo.SPLIT_SEEDS["val"])):
+        for episode in builder.as_dataset(split=split, decoders={"steps": {"observation": {
+            "image": tfds.decode.SkipDecoding(), "wrist_image": tfds.decode.SkipDecoding()}}}).take(2):  # fmt: skip
+            seed = int(episode["episode_metadata"]["seed"])
+            assert seed >= first_seed
+            recorded = next(iter(episode["steps"].batch(1000)))
+            rollout = demo_env.expert_episode(seed)
+            assert rollout["success"]
+            assert len(rollout["steps"]) == len(recorded["action"])
+            for i, step in enumerate(rollout["steps"]):
+                obs = step["observation"]
+                assert recorded["observation"]["image"][i].numpy() == demo._jpeg(obs["image/primary"])
+                assert recorded["observation"]["wrist_image"][i].numpy() == demo._jpeg(obs["image/wrist"])
+                np.testing.assert_array_equal(recorded["observation"]["state"][i].numpy(), obs["state"])
+                np.testing.assert_array_equal(recorded["action"][i].numpy(), step["action"])
+            assert recorded["language_instruction"][0].numpy().decode() == rollout["instruction"]
 
 
 def test_cache_is_reused(demo_dir):

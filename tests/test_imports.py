@@ -17,22 +17,26 @@ STAGES = {
     "observation": "core",
     "sharding": "core",
     "distributed": "core",
+    "envs": "envs",
     "tokenizers": "tokenizers",
     "data": "data",
     "models": "models",
     "training": "training",
     "validation": "training",
     "inference": "inference",
+    "evaluation": "evaluation",
     "cli": "commands",
 }
 ALLOWED = {
     "core": {"core"},
+    "envs": {"core", "envs"},
     "tokenizers": {"core", "tokenizers"},
-    "data": {"core", "tokenizers", "data"},
+    "data": {"core", "envs", "tokenizers", "data"},
     "models": {"core", "models"},
-    "training": {"core", "tokenizers", "data", "models", "training"},
-    "inference": {"core", "tokenizers", "data", "models", "training", "inference"},
-    "commands": {"core", "tokenizers", "data", "models", "training", "inference", "commands"},
+    "training": {"core", "envs", "tokenizers", "data", "models", "training"},
+    "inference": {"core", "envs", "tokenizers", "data", "models", "training", "inference"},
+    "evaluation": {"core", "envs", "tokenizers", "data", "models", "training", "inference", "evaluation"},
+    "commands": {"core", "envs", "tokenizers", "data", "models", "training", "inference", "evaluation", "commands"},
 }
 
 
@@ -79,3 +83,17 @@ def test_the_rule_catches_a_model_reading_the_data_pipeline(tmp_path):
     source.write_text("def f():\n    from vla_jax.data.specs import ACTION_SPACES\n")
     stages = [s for _, s in _imported_stages(source)]
     assert stages == ["data", "data"] and "data" not in ALLOWED[_stage(fake)]
+
+
+def test_environments_load_neither_tensorflow_nor_jax():
+    """Simulators that cannot share a process with TensorFlow (MuJoCo's renderer) run beside vla_jax.envs."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, vla_jax.envs.registry, vla_jax.envs.demo; "
+        "print(sorted(m for m in ('tensorflow', 'jax') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

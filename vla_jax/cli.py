@@ -125,6 +125,30 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--keys", default="", help="observation key map: a preset (libero, droid) or ours=theirs[+theirs2],..."
     )
+    evaluate = commands.add_parser("eval", help="closed-loop success of a policy in an environment")
+    evaluate.add_argument("path", nargs="?", help="a release directory or a training workdir (or use --server)")
+    evaluate.add_argument("--env", required=True, help="environment: demo")
+    evaluate.add_argument("--episodes", type=int, default=100, help="held-out episodes (seeds) to run")
+    evaluate.add_argument("--seed", type=int, default=0, help="which held-out seeds (the same seed: the same scenes)")
+    evaluate.add_argument("--step", type=int, default=None, help="with a workdir: checkpoint step (default: latest)")
+    evaluate.add_argument("--server", default=None, help="query a running `vla-jax serve` at HOST:PORT instead")
+    evaluate.add_argument("--token", default=None, help="with --server: its API key")
+    evaluate.add_argument("--decoder", choices=("flow", "fast"), default=None, help="default: flow where it exists")
+    evaluate.add_argument("--flow-steps", type=int, default=None, help="Euler steps of the flow sampler")
+    chunking = evaluate.add_mutually_exclusive_group()
+    chunking.add_argument("--execute", type=int, default=None, help="actions executed per chunk (default: all)")
+    chunking.add_argument(
+        "--ensemble", type=float, default=None, metavar="DECAY", help="query every step, ACT ensembling (0.01)"
+    )
+    evaluate.add_argument("--num-envs", type=int, default=16, help="environments stepped together")
+    evaluate.add_argument("--shuffle-instructions", action="store_true", help="tell each episode another's task")
+    evaluate.add_argument(
+        "--blank-camera", action="append", default=[], metavar="NAME", help="show this camera black (repeatable)"
+    )
+    evaluate.add_argument("--expert", action="store_true", help="run the scripted expert instead of a policy")
+    evaluate.add_argument("--out", default=None, help="where results.json and episodes.gif go")
+    evaluate.add_argument("--video-episodes", type=int, default=8, help="episodes shown in episodes.gif (0: none)")
+    evaluate.add_argument("--json", action="store_true", help="print the summary as JSON")
     return parser
 
 
@@ -206,7 +230,12 @@ def _train(args, overrides: list[str]) -> None:
         return
     if not args.workdir:
         raise ConfigError("vla-jax train needs --workdir (unless --dry-run)")
-    trainer.train(config, args.workdir, stop_at_step=args.stop_at, validate_first=False)  # validated above
+    closed_loop = None
+    if config.closed_loop.env:
+        from vla_jax.evaluation.closed_loop import TrainingEvaluator
+
+        closed_loop = TrainingEvaluator(config.closed_loop)
+    trainer.train(config, args.workdir, stop_at_step=args.stop_at, validate_first=False, closed_loop=closed_loop)
 
 
 def _export(args) -> None:
@@ -248,6 +277,68 @@ def _serve(args) -> None:
     )
     print(f"vla-jax: serving on ws://{args.host}:{args.port} (decoder {policy.decoder}); Ctrl-C stops", flush=True)
     running.serve_forever()
+
+
+def _eval(args) -> None:
+    import pathlib
+
+    from vla_jax.evaluation import closed_loop, report
+    from vla_jax.evaluation.runner import Controls
+
+    spec = closed_loop.env_spec(args.env)
+    sources = [bool(args.path), bool(args.server), args.expert]
+    if sum(sources) != 1:
+        raise ConfigError("vla-jax eval needs exactly one of: a release or workdir PATH, --server HOST:PORT, --expert")
+    if args.video_episodes < 0:
+        raise ConfigError(f"--video-episodes is {args.video_episodes}; expected an int >= 0")
+    closed_loop.check_settings(
+        episodes=args.episodes, num_envs=args.num_envs, execute_steps=args.execute, ensemble_decay=args.ensemble,
+        horizon=None,
+    )  # fmt: skip
+    unknown = [name for name in args.blank_camera if name not in spec.cameras]
+    if unknown:
+        raise ConfigError(f"--blank-camera {unknown[0]!r}: env {args.env!r} has cameras {list(spec.cameras)}")
+    controls = Controls(args.shuffle_instructions, tuple(args.blank_camera))
+    out = args.out
+    if out is None:
+        base = pathlib.Path(args.path) if args.path and (pathlib.Path(args.path) / "checkpoints").is_dir() else None
+        out = (base or pathlib.Path(".")) / "eval" / args.env
+    policy, close = None, None
+    if args.server:
+        from vla_jax.inference.client import PolicyClient
+
+        host, _, port = args.server.rpartition(":")
+        if not port.isdigit():
+            raise ConfigError(f"--server {args.server!r} is not HOST:PORT")
+        policy = PolicyClient(host or "127.0.0.1", int(port), token=args.token)
+        close = policy.close
+    elif args.path:
+        from vla_jax.inference.policy import Policy
+
+        num_envs = min(args.num_envs, args.episodes)
+        policy = Policy.load(
+            args.path, step=args.step, decoder=args.decoder, flow_steps=args.flow_steps,
+            warmup_batch_sizes=(num_envs,), pad_batch_to=num_envs,
+        )  # fmt: skip
+        print(f"vla-jax: loaded {policy.parts.source} (step {policy.parts.step})", file=sys.stderr, flush=True)
+    try:
+        summary = closed_loop.evaluate(
+            policy, args.env, args.episodes, seed=args.seed, num_envs=args.num_envs, execute_steps=args.execute,
+            ensemble_decay=args.ensemble, controls=controls, out=out, video_episodes=args.video_episodes,
+            expert=args.expert,
+        )  # fmt: skip
+    finally:
+        if close is not None:
+            close()
+    text = "\n".join(
+        [
+            f"{summary['policy']} on {args.env}, {args.episodes} held-out episodes (seed {args.seed}), "
+            f"controls: {controls.describe()}, {summary['execution']}, {summary['wall_s']:.1f} s",
+            report.format_summary(summary),
+            f"wrote {summary['results']}" + (f" and {summary['video']}" if "video" in summary else ""),
+        ]
+    )
+    _print(summary, args.json, text)
 
 
 def _print(result: dict, as_json: bool, text: str) -> None:
@@ -303,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
             _export(args)
         elif args.command == "serve":
             _serve(args)
+        elif args.command == "eval":
+            _eval(args)
     except VlaJaxError as e:
         print(f"vla-jax: error: {e}", file=sys.stderr)
         return 2

@@ -331,6 +331,7 @@ def _check_augment(field: str, augment) -> None:
 def field_rules() -> dict[str, Rule]:
     """Every field of a training config and its rule; choices come from the code that uses them."""
     from vla_jax.data import frame_transforms, loader, statistics
+    from vla_jax.envs import registry as env_registry
     from vla_jax.models import moe
     from vla_jax.models.vla import DTYPES, MODES, REMAT_POLICIES
     from vla_jax.tokenizers.config import ACTION_KINDS
@@ -355,6 +356,11 @@ def field_rules() -> dict[str, Rule]:
         "tensorboard": Bool(),
         "wandb_project": Str(),
         "device_peak_flops": Float(0.0, note="0: from the table of known accelerators"),
+        "closed_loop.env": Choice(("", *sorted(env_registry.ENVS)), note='"": no closed-loop evaluation'),
+        "closed_loop.episodes": Int(1),
+        "closed_loop.num_envs": Int(1, env_registry.MAX_NUM_ENVS),
+        "closed_loop.execute_steps": Int(0, note="0: the whole chunk"),
+        "closed_loop.seed": Int(0, 2**20),
         "mesh": Group(fn=lambda field, mesh: check_mesh_shape(mesh, field)),
         "sharding.rules": Group(fn=_check_sharding_rules),
         "sharding.fsdp_min_bytes": Int(0),
@@ -599,6 +605,27 @@ def _check_schedule(config, ctx: Context) -> list[str]:
     return warnings
 
 
+def _check_closed_loop(config, ctx: Context) -> list[str]:
+    from vla_jax.envs import registry
+
+    loop = config.closed_loop
+    if loop.execute_steps > config.data.action_horizon:
+        raise _fail(
+            "closed_loop.execute_steps",
+            loop.execute_steps,
+            f"0 (the whole chunk) or an int in [1, data.action_horizon] = [1, {config.data.action_horizon}]",
+        )
+    names = [spec.name for spec in ctx.datasets]
+    if loop.env and registry.ENVS[loop.env].dataset not in names:
+        raise _fail(
+            "closed_loop.env",
+            loop.env,
+            f"an environment whose robot's dataset is in the mixture {names} (env {loop.env!r} acts as dataset "
+            f'{registry.ENVS[loop.env].dataset!r}), or "" for none',
+        )
+    return []
+
+
 def _check_model_shapes(config, ctx: Context) -> list[str]:
     from vla_jax.models import moe
     from vla_jax.models.vla import uses_flow
@@ -733,6 +760,7 @@ def _check_tokenizer(config, ctx: Context) -> list[str]:
 CROSS_CHECKS: tuple[Callable[[ml_collections.ConfigDict, Context], list[str]], ...] = (
     _check_batch_and_mesh,
     _check_schedule,
+    _check_closed_loop,
     _check_data_against_specs,
     _check_model_shapes,
     _check_tokenizer,

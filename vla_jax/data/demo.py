@@ -1,10 +1,12 @@
-"""The embedded demo dataset: a procedurally generated pick-up task in RLDS format.
+"""The embedded demo dataset: the demo task's scripted rollouts in RLDS format.
 
 Each scene holds three blocks of different colours on a table; the instruction
 names one ("pick up the red block") and a scripted end-effector moves over that
 block, descends, closes its gripper and lifts. The right action depends on both
 the image (where the blocks are) and the instruction (which one), so a policy
-that ignores either cannot do well.
+that ignores either cannot do well. Every episode is the expert of
+:mod:`vla_jax.envs.demo` rolled out in that environment from a recorded seed
+(``episode_metadata/seed``): closed-loop evaluation runs the same task.
 
 The dataset is written with tensorflow-datasets as a real RLDS builder directory
 (``vla_demo/<config>/1.0.0``) into a cache dir on first use and reused after.
@@ -26,50 +28,19 @@ import tempfile
 import numpy as np
 
 from vla_jax.data import cache_dir
+from vla_jax.envs import demo as demo_env
 from vla_jax.errors import DataError
 
 NAME = "vla_demo"
-VERSION = "1.3.0"  # bump whenever the generator changes
+VERSION = "1.4.0"  # bump whenever the generator changes
 MANIFEST = "vla_jax_manifest.json"
-IMAGE_SIZE = 64
-CONTROL_FREQUENCY_HZ = 10.0
-COLORS = {
-    "red": (220, 40, 40),
-    "green": (40, 170, 60),
-    "blue": (50, 80, 230),
-    "yellow": (235, 205, 30),
-    "purple": (150, 60, 200),
-}
-TEMPLATES = ("pick up the {} block", "grab the {} block", "lift the {} cube", "pick the {} one up")
-BLOCK_HALF = 0.06  # block half-width, world units
-WRIST_VIEW = 0.36  # side of the wrist camera's view, world units
-MAX_XY_STEP = 0.06
-Z_STEP = 0.5
-MAX_STEPS = 60
+IMAGE_SIZE = demo_env.IMAGE_SIZE
+CONTROL_FREQUENCY_HZ = demo_env.CONTROL_FREQUENCY_HZ
 CONFIG_NAME = "default"
 TRAIN_EPISODES = 2000
 VAL_EPISODES = 50
 NUM_SHARDS = 8  # record files per split, so hosts of a multi-host run read disjoint files
-
-
-def _render(blocks, colors, ee, gripper_open, view, size, shade) -> np.ndarray:
-    """Renders the table seen through ``view = (x0, y0, width)`` as uint8 [size, size, 3]."""
-    x0, y0, width = view
-    coords = (np.arange(size) + 0.5) / size * width
-    xs = x0 + coords[None, :]  # image column -> world x
-    ys = y0 + coords[:, None]  # image row -> world y
-    image = np.empty((size, size, 3), np.float32)
-    image[:] = np.array([170, 160, 140], np.float32) * shade
-    for (bx, by), color in zip(blocks, colors):
-        inside = (np.abs(xs - bx) <= BLOCK_HALF) & (np.abs(ys - by) <= BLOCK_HALF)
-        image[inside] = color
-    ex, ey, ez = ee
-    arm = 0.012 + 0.012 * ez  # the marker grows with height
-    cross = ((np.abs(xs - ex) <= arm * 2.5) & (np.abs(ys - ey) <= arm * 0.6)) | (
-        (np.abs(ys - ey) <= arm * 2.5) & (np.abs(xs - ex) <= arm * 0.6)
-    )
-    image[cross] = (250, 250, 250) if gripper_open else (20, 20, 20)
-    return np.clip(image, 0, 255).astype(np.uint8)
+SPLIT_SEEDS = {"train": 0, "val": demo_env.VAL_SEED_BASE}  # episode i of a split is the env's seed base + i
 
 
 def _jpeg(image: np.ndarray) -> bytes:
@@ -80,78 +51,32 @@ def _jpeg(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def generate_episode(rng: np.random.Generator) -> dict:
-    """One scripted episode: RLDS-layout ``steps`` plus the scene it was drawn from."""
-    names = rng.choice(list(COLORS), size=3, replace=False)
-    blocks = []
-    while len(blocks) < 3:
-        candidate = rng.uniform(0.12, 0.88, size=2)
-        if all(np.linalg.norm(candidate - b) > 0.25 for b in blocks):
-            blocks.append(candidate)
-    start_blocks = [b.copy() for b in blocks]
-    target = int(rng.integers(3))
-    instruction = str(rng.choice(TEMPLATES)).format(names[target])
-    colors = [COLORS[n] for n in names]
-    shade = rng.uniform(0.85, 1.15)
-    pos = np.array([*rng.uniform(0.05, 0.95, size=2), 1.0])
-    gripper = 1.0
-    phase = "move"
+def generate_episode(seed: int) -> dict:
+    """The scripted expert's episode in the demo environment from ``seed``, in RLDS layout, plus its scene."""
+    episode = demo_env.expert_episode(seed, IMAGE_SIZE)
+    if not episode["success"]:
+        raise DataError(f"demo dataset: the scripted expert failed the episode of seed {seed}")
     steps = []
-    while len(steps) < MAX_STEPS:
-        to_target = blocks[target] - pos[:2]
-        dz = 0.0
-        if phase == "move" and np.linalg.norm(to_target) < 0.02:
-            phase = "descend"
-        if phase == "descend" and pos[2] <= 0.0:
-            phase = "grasp"
-        if phase == "grasp" and gripper == 0.0:
-            phase = "lift"
-        if phase == "lift" and pos[2] >= 1.0:
-            break
-        dxy = to_target if phase in ("move", "descend") else np.zeros(2)
-        norm = np.linalg.norm(dxy)
-        if norm > MAX_XY_STEP:
-            dxy = dxy * (MAX_XY_STEP / norm)
-        dxy = dxy + rng.normal(0.0, 0.004, size=2)
-        if phase == "descend":
-            dz = -Z_STEP
-        elif phase == "lift":
-            dz = Z_STEP
-        gripper_command = 0.0 if phase in ("grasp", "lift") else 1.0
-        action = np.array([dxy[0], dxy[1], dz, gripper_command], np.float32)
-        state = np.array([pos[0], pos[1], pos[2], gripper], np.float32)
-        wrist_view = (pos[0] - WRIST_VIEW / 2, pos[1] - WRIST_VIEW / 2, WRIST_VIEW)
+    last = len(episode["steps"]) - 1
+    for i, step in enumerate(episode["steps"]):
+        obs = step["observation"]
         steps.append(
             {
                 "observation": {
-                    "image": _jpeg(_render(blocks, colors, pos, gripper > 0.5, (0, 0, 1), IMAGE_SIZE, shade)),
-                    "wrist_image": _jpeg(_render(blocks, colors, pos, gripper > 0.5, wrist_view, IMAGE_SIZE, shade)),
-                    "state": state,
+                    "image": _jpeg(obs["image/primary"]),
+                    "wrist_image": _jpeg(obs["image/wrist"]),
+                    "state": obs["state"],
                 },
-                "action": action,
-                "language_instruction": instruction,
+                "action": step["action"],
+                "language_instruction": episode["instruction"],
+                "is_first": i == 0,
+                "is_last": i == last,
+                "is_terminal": i == last,
+                "reward": np.float32(i == last),
+                "discount": np.float32(1.0),
             }
         )
-        pos = pos + np.array([dxy[0], dxy[1], dz])
-        pos[2] = np.clip(pos[2], 0.0, 1.0)
-        gripper = gripper_command
-        if phase == "lift":  # the grasped block travels with the gripper
-            blocks[target] = pos[:2].copy()
-    scene = {
-        "target_color": str(names[target]),
-        "block_colors": [str(n) for n in names],
-        "block_positions": start_blocks,
-    }
-    last = len(steps) - 1
-    for i, step in enumerate(steps):
-        step.update(
-            is_first=i == 0,
-            is_last=i == last,
-            is_terminal=i == last,
-            reward=np.float32(i == last),
-            discount=np.float32(1.0),
-        )
-    return {"steps": steps, **scene}
+    return {"steps": steps, "target_color": episode["target_color"], "block_colors": episode["block_colors"]}
 
 
 def _builder_class():
@@ -188,6 +113,7 @@ def _builder_class():
                         "episode_metadata": {
                             "file_path": tfds.features.Text(),
                             "target_color": tfds.features.Text(),
+                            "seed": tfds.features.Scalar(dtype=np.int64),
                         },
                     }
                 ),
@@ -197,19 +123,20 @@ def _builder_class():
         def _split_generators(self, dl_manager):
             del dl_manager  # nothing to download
             return {
-                "train": self._generate_examples("train", TRAIN_EPISODES, seed=0),
-                "val": self._generate_examples("val", VAL_EPISODES, seed=1),
+                "train": self._generate_examples("train", TRAIN_EPISODES),
+                "val": self._generate_examples("val", VAL_EPISODES),
             }
 
-        def _generate_examples(self, split, num_episodes, seed):
+        def _generate_examples(self, split, num_episodes):
             for index in range(num_episodes):
-                episode = generate_episode(np.random.default_rng([seed, index]))
+                seed = SPLIT_SEEDS[split] + index
+                episode = generate_episode(seed)
                 key = f"{split}_{index:06d}"
                 yield (
                     key,
                     {
                         "steps": episode["steps"],
-                        "episode_metadata": {"file_path": key, "target_color": episode["target_color"]},
+                        "episode_metadata": {"file_path": key, "target_color": episode["target_color"], "seed": seed},
                     },
                 )
 
@@ -229,22 +156,8 @@ def _file_digests(directory: pathlib.Path) -> dict[str, dict]:
 
 def generator_fingerprint() -> str:
     """Hash of the generator's source: a cache made by other code is not this dataset."""
-    source = inspect.getsource(_render) + inspect.getsource(generate_episode)
-    constants = repr(
-        (
-            IMAGE_SIZE,
-            COLORS,
-            TEMPLATES,
-            BLOCK_HALF,
-            WRIST_VIEW,
-            MAX_XY_STEP,
-            Z_STEP,
-            MAX_STEPS,
-            TRAIN_EPISODES,
-            VAL_EPISODES,
-            NUM_SHARDS,
-        )
-    )
+    source = inspect.getsource(demo_env) + inspect.getsource(generate_episode) + inspect.getsource(_jpeg)
+    constants = repr((TRAIN_EPISODES, VAL_EPISODES, NUM_SHARDS, SPLIT_SEEDS))
     return hashlib.sha256((source + constants).encode()).hexdigest()[:16]
 
 

@@ -81,6 +81,8 @@ class Policy:
     ``decoder`` is ``"flow"`` (the action expert; the default where the model
     has one) or ``"fast"`` (greedy FAST decoding with the KV cache).
     ``warmup_batch_sizes`` are compiled at load; ``warmup_s`` holds their seconds.
+    A batch is padded to the next power of two, or to ``pad_batch_to`` when it
+    is no larger (one compiled shape for a caller with a fixed number of robots).
     """
 
     def __init__(
@@ -90,8 +92,12 @@ class Policy:
         decoder: str | None = None,
         flow_steps: int | None = None,
         warmup_batch_sizes: tuple[int, ...] = (1,),
+        pad_batch_to: int | None = None,
     ):
         self.parts, self.io, self.config = parts, parts.io, parts.config
+        if pad_batch_to is not None and not 1 <= pad_batch_to <= MAX_BATCH_SIZE:
+            raise ConfigError(f"pad_batch_to is {pad_batch_to}; expected an int in [1, {MAX_BATCH_SIZE}]")
+        self.pad_batch_to = pad_batch_to
         mode = self.config.model.mode
         self.decoders = tuple(d for d in DECODERS if (uses_flow if d == "flow" else uses_fast)(mode))
         self.decoder = decoder or self.decoders[0]
@@ -118,6 +124,12 @@ class Policy:
         self.warmup_s: dict[str, float] = {}
         for size in warmup_batch_sizes:
             self.warm_up(size)
+
+    def padded_size(self, rows: int) -> int:
+        """The batch size ``rows`` observations run at."""
+        if self.pad_batch_to is not None and rows <= self.pad_batch_to:
+            return self.pad_batch_to
+        return _bucket(rows)
 
     # -- loading --------------------------------------------------------------------------------------------------
 
@@ -295,9 +307,9 @@ class Policy:
             obs[key] = np.ones((self.image_size, self.image_size), np.float32)
         obs.update(state=np.asarray(stats.state.mean, np.float32), prompt="", dataset=e.dataset)
         start = time.perf_counter()
-        self.infer_batch([obs] * _bucket(rows), decoder=decoder)
+        self.infer_batch([obs] * self.padded_size(rows), decoder=decoder)
         seconds = time.perf_counter() - start
-        self.warmup_s[f"{decoder}/{_bucket(rows)}"] = seconds
+        self.warmup_s[f"{decoder}/{self.padded_size(rows)}"] = seconds
         return seconds
 
     # -- inference -------------------------------------------------------------------------------------------------
@@ -319,7 +331,7 @@ class Policy:
         start = time.perf_counter()
         prepared = [self._row(obs) for obs in observations]
         rows = [row for row, _ in prepared]
-        padded = rows + [rows[0]] * (_bucket(len(rows)) - len(rows))
+        padded = rows + [rows[0]] * (self.padded_size(len(rows)) - len(rows))
         observation, seeds = self._observation(padded)
         prepared_at = time.perf_counter()
         out = np.asarray(jax.device_get(self._model_fn(decoder, len(padded))(self.parts.params, observation, seeds)))

@@ -46,6 +46,11 @@ class ActionChunkBroker:
         """Forgets the current chunk: the next call queries the policy."""
         self._result, self._step = None, 0
 
+    @property
+    def needs_query(self) -> bool:
+        """Whether the next call queries the policy (a batched caller gathers these queries)."""
+        return self._result is None
+
     def infer(self, obs: dict) -> dict:
         """The current step's action ``[A]`` (in ``"actions"``), from the stored chunk or a new query."""
         if self._result is None:
@@ -79,6 +84,8 @@ class TemporalEnsembler:
 
     def reset(self) -> None:
         self._chunks, self._step = [], 0
+
+    needs_query = True  # every call queries the policy
 
     def infer(self, obs: dict) -> dict:
         result = dict(self.policy.infer(obs))

@@ -27,6 +27,13 @@ def run_config(**overrides) -> ml_collections.ConfigDict:
     c.tensorboard = True  # event files in WORKDIR/tensorboard (process 0)
     c.wandb_project = ""  # non-empty: also log to Weights & Biases (needs `pip install wandb`)
     c.device_peak_flops = 0.0  # per device, for MFU; 0: from a table of known accelerators
+    # Closed-loop evaluation at every eval_every and at the end (vla-jax train): env "" is off.
+    c.closed_loop = ml_collections.ConfigDict()
+    c.closed_loop.env = ""  # an environment of vla_jax.envs.registry, e.g. "demo"
+    c.closed_loop.episodes = 50  # held-out seeds, the same at every evaluation
+    c.closed_loop.num_envs = 16  # episodes run at once (one batched policy call)
+    c.closed_loop.execute_steps = 0  # actions executed per chunk before the next query; 0: the whole chunk
+    c.closed_loop.seed = 0  # which held-out seeds (vla-jax eval --seed)
 
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1, "expert": 1})
     c.sharding = ml_collections.ConfigDict()

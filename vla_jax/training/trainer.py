@@ -61,6 +61,11 @@ def io_shapes(config: ml_collections.ConfigDict, mix: loader.DataMixture | None 
 TOKENIZER_DIR = "tokenizers"
 FAILED_FILE = "FAILED"
 
+# Closed-loop evaluation at validation time, given by the caller (``vla-jax train`` passes
+# ``evaluation.closed_loop.TrainingEvaluator`` for ``config.closed_loop``): (checkpoint items of the policy,
+# its parameters, the mesh they live on, step) -> (metrics, a line for the console).
+ClosedLoopHook = Callable[[dict, dict, jax.sharding.Mesh, int], tuple[dict, str]]
+
 
 def check_resumable(
     step: int, ckpt: checkpoint.Checkpointer, *, layout: state.StateLayout, config: ml_collections.ConfigDict
@@ -475,10 +480,16 @@ class Run:
     writer: metrics.MetricsWriter
     preemption: PreemptionFlag
     last_saved: int | None = None
+    closed_loop: ClosedLoopHook | None = None
 
 
 def start(
-    config: ml_collections.ConfigDict, workdir: pathlib.Path, resources: contextlib.ExitStack, *, end_step: int
+    config: ml_collections.ConfigDict,
+    workdir: pathlib.Path,
+    resources: contextlib.ExitStack,
+    *,
+    end_step: int,
+    closed_loop: ClosedLoopHook | None = None,
 ) -> Run:
     """Setup: mesh, data, state (restored or new), tokenizers, jitted steps, data streams, writers.
 
@@ -554,7 +565,18 @@ def start(
     return Run(
         config, workdir, run, ckpt, train_state, start_step, prompt, tokenizer_files, train_step, eval_steps,
         loss_step, val_global, batches, writer, preemption, last_saved=start_step if restored is not None else None,
+        closed_loop=closed_loop,
     )  # fmt: skip
+
+
+def policy_items(run: Run) -> dict:
+    """What a policy is made of besides its parameters, as a checkpoint stores it (``inference.bundle``)."""
+    return {
+        "config": run.config.to_dict(),
+        "dataset_statistics": run.setup.data.statistics_json(),
+        "tokenizers": run.tokenizer_files,
+        "policy": policy_description(run.config, run.setup),
+    }
 
 
 def policy_description(config: ml_collections.ConfigDict, run: Setup) -> dict:
@@ -669,10 +691,17 @@ def loop(run: Run, end_step: int) -> dict:
                 summary.update(logged)
             if current % config.eval_every == 0 or current == end_step:
                 results = validate(run)
+                lines = [f"step {current}: {format_validation(results)}"]
+                if run.closed_loop is not None:
+                    params = run.state.get("ema", run.state["params"])
+                    with jax.set_mesh(None):  # the policy builds its model and places its calls itself
+                        found, line = run.closed_loop(policy_items(run), params, run.setup.mesh, current)
+                    results.update(found)
+                    lines.append(f"step {current}: {line}")
                 run.writer.write(current, results)
                 summary.update(results)
                 if is_main:
-                    print(f"step {current}: {format_validation(results)}", flush=True)
+                    print("\n".join(lines), flush=True)
             if preempted:
                 _save(run, current, force=True)
                 summary["preempted"] = True
@@ -731,6 +760,7 @@ def train(
     *,
     stop_at_step: int | None = None,
     validate_first: bool = True,
+    closed_loop: ClosedLoopHook | None = None,
 ) -> dict:
     """Trains to ``config.num_steps`` (or ``stop_at_step``), resuming from ``workdir``.
 
@@ -738,8 +768,9 @@ def train(
     tests turn it off to reach the runtime guards). Setup, loop and teardown:
     every resource is released on every exit path, and a run that fails marks
     its workdir ``FAILED`` with the error line. On SIGTERM (preemption) it saves
-    at the current step and returns. Returns the last logged training metrics
-    and validation results.
+    at the current step and returns. ``closed_loop`` runs at every validation
+    (see ``ClosedLoopHook``). Returns the last logged training metrics and
+    validation results.
     """
     workdir = pathlib.Path(workdir).absolute()
     if validate_first:
@@ -750,7 +781,7 @@ def train(
         _begin(workdir)
     try:
         with contextlib.ExitStack() as resources:
-            run = start(config, workdir, resources, end_step=end_step)
+            run = start(config, workdir, resources, end_step=end_step, closed_loop=closed_loop)
             summary = loop(run, end_step)
     except (Exception, KeyboardInterrupt) as error:
         _mark_failed(workdir, error)

@@ -1,0 +1,181 @@
+"""``vla-jax eval``: success rates of a policy acting in an environment, and the same during training.
+
+:func:`evaluate` runs ``episodes`` held-out seeds of an environment of
+:mod:`vla_jax.envs.registry` with any policy (a ``Policy``, a
+``PolicyClient`` talking to ``vla-jax serve``, or openpi's client) and returns
+the summary of :mod:`.report`; with ``out`` it also writes ``results.json``
+(the summary, every episode and the settings) and ``episodes.gif``.
+``expert=True`` runs the environment's scripted expert through the same loop
+instead, the reference a policy is measured against. :class:`TrainingEvaluator`
+is the trainer's hook for ``config.closed_loop``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import time
+
+import numpy as np
+
+from vla_jax.envs import registry
+from vla_jax.errors import ConfigError
+from vla_jax.evaluation import report, video
+from vla_jax.evaluation.runner import Controls, episode_instructions, run_episodes
+from vla_jax.inference import bundle as bundle_lib
+from vla_jax.inference.policy import MAX_BATCH_SIZE, Policy
+
+RESULTS_FILE = "results.json"
+VIDEO_FILE = "episodes.gif"
+
+
+def env_spec(name: str) -> registry.EnvSpec:
+    if name not in registry.ENVS:
+        raise ConfigError(f"--env {name!r} is not an environment; expected one of {sorted(registry.ENVS)}")
+    return registry.ENVS[name]
+
+
+def check_settings(
+    *, episodes: int, num_envs: int, execute_steps: int | None, ensemble_decay: float | None, horizon: int | None
+) -> None:
+    """ConfigError naming the first setting out of range (before any environment or model is built)."""
+    if episodes < 1:
+        raise ConfigError(f"--episodes is {episodes}; expected at least 1")
+    if not 1 <= num_envs <= MAX_BATCH_SIZE:
+        raise ConfigError(f"--num-envs is {num_envs}; expected an int in [1, {MAX_BATCH_SIZE}]")
+    if execute_steps is not None and ensemble_decay is not None:
+        raise ConfigError("--execute and --ensemble exclude each other: execute k actions, or ensemble every step")
+    if execute_steps is not None and (execute_steps < 1 or (horizon is not None and execute_steps > horizon)):
+        raise ConfigError(f"--execute is {execute_steps}; expected an int in [1, the policy's horizon {horizon}]")
+    if ensemble_decay is not None and not np.isfinite(ensemble_decay) or (ensemble_decay or 0.0) < 0:
+        raise ConfigError(f"--ensemble is {ensemble_decay}; expected a finite decay >= 0 (ACT uses 0.01)")
+
+
+def evaluate(
+    policy,
+    env: str,
+    episodes: int,
+    *,
+    seed: int = 0,
+    num_envs: int = 16,
+    execute_steps: int | None = None,
+    ensemble_decay: float | None = None,
+    controls: Controls | None = None,
+    out: str | pathlib.Path | None = None,
+    video_episodes: int = 8,
+    expert: bool = False,
+    progress=None,
+) -> dict:
+    """Closed-loop episodes of ``policy`` (or of the scripted expert, ``expert=True``) in ``env``; the summary."""
+    spec, controls = env_spec(env), controls or Controls()
+    horizon = _horizon(policy)
+    check_settings(
+        episodes=episodes, num_envs=num_envs, execute_steps=execute_steps, ensemble_decay=ensemble_decay,
+        horizon=horizon,
+    )  # fmt: skip
+    started = time.perf_counter()
+    envs = spec.make(min(num_envs, episodes))
+    try:
+        seeds = [spec.eval_seed(seed, i) for i in range(episodes)]
+        instructions = episode_instructions(envs, seeds)
+        found, timing = run_episodes(
+            None if expert else policy,
+            envs,
+            seeds,
+            instructions,
+            execute_steps=execute_steps,
+            ensemble_decay=ensemble_decay,
+            controls=controls,
+            control_seed=seed,
+            record_episodes=video_episodes if out is not None else 0,
+            cameras=spec.cameras,
+            progress=progress,
+        )
+    finally:
+        envs.close()
+    summary = report.summarize(found)
+    summary.update(
+        env=env,
+        policy="scripted expert" if expert else _describe(policy),
+        seed=seed,
+        first_env_seed=seeds[0],
+        controls=dataclasses.asdict(controls),
+        execution=_execution(execute_steps, ensemble_decay, expert),
+        num_envs=envs.num_envs,
+        wall_s=time.perf_counter() - started,
+        policy_s=timing["infer_s"],
+        env_s=timing["env_s"],
+        env_steps=timing["steps"],
+    )
+    if out is not None:
+        out = pathlib.Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        if video_episodes > 0:
+            summary["video"] = str(video.write_gif(found[:video_episodes], out / VIDEO_FILE))
+        record = dict(summary, episodes_detail=[e.to_json() for e in found])
+        (out / RESULTS_FILE).write_text(json.dumps(record, indent=1))
+        summary["results"] = str(out / RESULTS_FILE)
+    return summary
+
+
+def _horizon(policy) -> int | None:
+    metadata = getattr(policy, "metadata", None)
+    if isinstance(metadata, dict):
+        return metadata.get("action_horizon")
+    return None
+
+
+def _describe(policy) -> str:
+    parts = getattr(policy, "parts", None)
+    if parts is not None:
+        return f"{parts.source} (step {parts.step}, decoder {policy.decoder})"
+    uri = getattr(policy, "uri", None)
+    return f"policy server {uri}" if uri else type(policy).__name__
+
+
+def _execution(execute_steps: int | None, ensemble_decay: float | None, expert: bool) -> str:
+    if expert:
+        return "one action per step"
+    if ensemble_decay is not None:
+        return f"query every step, temporal ensembling (decay {ensemble_decay:g})"
+    return f"execute {execute_steps} actions per chunk" if execute_steps else "execute whole chunks"
+
+
+class TrainingEvaluator:
+    """The trainer's closed-loop hook (``config.closed_loop``): the live parameters as a ``Policy``, in ``env``.
+
+    The policy is built (and compiled) at the first call; later calls swap in
+    the new parameters, so each evaluation costs only its episodes.
+    """
+
+    def __init__(self, closed_loop_config):
+        self.settings = closed_loop_config
+        env_spec(closed_loop_config.env)
+        self.policy: Policy | None = None
+
+    def __call__(self, saved: dict, params, mesh, step: int) -> tuple[dict, str]:
+        """Success figures under ``closed_loop/`` for the policy of ``saved`` (checkpoint items) and ``params``,
+        and a line for the console."""
+        c = self.settings
+        if self.policy is None:
+            parts = bundle_lib.assemble(saved, lambda abstract: (params, "live"), mesh, "training", step)
+            num_envs = min(c.num_envs, c.episodes)
+            self.policy = Policy(parts, warmup_batch_sizes=(num_envs,), pad_batch_to=num_envs)
+        else:
+            self.policy.parts = dataclasses.replace(self.policy.parts, params=params, step=step)
+        summary = evaluate(
+            self.policy,
+            c.env,
+            c.episodes,
+            seed=c.seed,
+            num_envs=c.num_envs,
+            execute_steps=c.execute_steps or None,
+        )
+        found = {
+            f"closed_loop/{key}": summary[key]
+            for key in ("success_rate", "wrong_object_rate", "timeout_rate", "invalid_action_rate", "mean_length")
+        }
+        found["closed_loop/wall_s"] = summary["wall_s"]
+        line = f"closed loop ({c.env}, {c.episodes} held-out episodes): " + report.format_summary(summary)
+        return found, line
