@@ -65,6 +65,11 @@ def _parser() -> argparse.ArgumentParser:
     data_commands = data.add_subparsers(dest="data_command", required=True)
     demo = data_commands.add_parser("demo", help="generate the embedded demo dataset")
     demo.add_argument("--data-dir", default="", help="where to write it (default: the cache dir)")
+    metaworld = data_commands.add_parser("metaworld", help="write Meta-World scripted-expert demonstrations (RLDS)")
+    metaworld.add_argument("--out", default="", help="TFDS data dir to write (default: $VLA_JAX_CACHE/metaworld)")
+    metaworld.add_argument("--episodes-per-task", type=int, default=50, help="successful training episodes per task")
+    metaworld.add_argument("--tasks", nargs="+", default=None, help="Meta-World v3 task names (default: MT10)")
+    metaworld.add_argument("--json", action="store_true", help="print JSON")
     listing = data_commands.add_parser("list", help="registered datasets and mixtures")
     listing.add_argument("--json", action="store_true", help="print JSON")
     for name, text in (
@@ -127,7 +132,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     evaluate = commands.add_parser("eval", help="closed-loop success of a policy in an environment")
     evaluate.add_argument("path", nargs="?", help="a release directory or a training workdir (or use --server)")
-    evaluate.add_argument("--env", required=True, help="environment: demo")
+    evaluate.add_argument("--env", required=True, help="environment: demo or metaworld (MT10)")
     evaluate.add_argument("--episodes", type=int, default=100, help="held-out episodes (seeds) to run")
     evaluate.add_argument("--seed", type=int, default=0, help="which held-out seeds (the same seed: the same scenes)")
     evaluate.add_argument("--step", type=int, default=None, help="with a workdir: checkpoint step (default: latest)")
@@ -350,6 +355,19 @@ def _data(args) -> int:
         from vla_jax.data import demo
 
         print(demo.ensure_demo_dataset(args.data_dir or None))
+    elif args.data_command == "metaworld":
+        from vla_jax.data import metaworld_demos
+        from vla_jax.envs import metaworld as mw
+
+        result = metaworld_demos.generate(
+            args.out or None, episodes_per_task=args.episodes_per_task, tasks=tuple(args.tasks or mw.MT10),
+            log=lambda line: print(line, file=sys.stderr, flush=True),
+        )  # fmt: skip
+        text = (
+            f"wrote {result['builder_dir']}: {result['train_episodes']} training episodes ({result['train_steps']} "
+            f"steps), {result['val_episodes']} validation, {result['wall_s']:.0f} s"
+        )
+        _print(result, args.json, text)
     elif args.data_command == "list":
         from vla_jax.data import catalog
 

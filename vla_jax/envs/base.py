@@ -64,6 +64,10 @@ class VectorEnv(Protocol):
 
     def task(self, index: int) -> str: ...
 
+    def instruction(self, seed: int) -> str:
+        """The instruction of the episode ``seed`` starts (without running it where the env can tell)."""
+        ...
+
     def expert_action(self, index: int) -> np.ndarray: ...
 
     def close(self) -> None: ...
@@ -87,6 +91,9 @@ class SyncVectorEnv:
 
     def task(self, index: int) -> str:
         return self.envs[index].task
+
+    def instruction(self, seed: int) -> str:
+        return str(self.envs[0].reset(seed)["prompt"])
 
     def expert_action(self, index: int) -> np.ndarray:
         return self.envs[index].expert_action()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from vla_jax.envs import demo
+from vla_jax.envs import demo, metaworld
 from vla_jax.envs.base import SyncVectorEnv, VectorEnv
 
 
@@ -29,5 +29,12 @@ ENVS: dict[str, EnvSpec] = {
         make=lambda num_envs: SyncVectorEnv([demo.DemoEnv() for _ in range(num_envs)]),
         eval_seed=demo.eval_seed,
         cameras=demo.DemoEnv.cameras,
+    ),
+    metaworld.NAME: EnvSpec(
+        name=metaworld.NAME,
+        dataset=metaworld.DATASET,
+        make=metaworld.make,  # MT10, one spawned worker per slot (at most one per CPU core); MuJoCo only there
+        eval_seed=metaworld.eval_seed,
+        cameras=metaworld.MetaWorldVectorEnv.cameras,
     ),
 }

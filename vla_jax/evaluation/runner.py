@@ -228,5 +228,5 @@ def run_episodes(
 
 
 def episode_instructions(envs: VectorEnv, seeds: Sequence[int]) -> list[str]:
-    """Each seed's instruction, read from its first observation (slot 0 is reset once per seed)."""
-    return [str(envs.reset(0, int(seed))["prompt"]) for seed in seeds]
+    """Each seed's instruction (what shuffling hands to another episode)."""
+    return [envs.instruction(int(seed)) for seed in seeds]
