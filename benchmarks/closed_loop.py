@@ -8,9 +8,10 @@ with each camera blanked, and the scripted expert. With ``--metaworld-workdir``
 a Meta-World policy (``experiments/metaworld_mt10.py``) is evaluated beside its
 scripted experts, per task. Prints one JSON object:
 
-  demo.policy / shuffled_instructions / blank_<camera> / expert   success rate, 95% interval, wall seconds
-  demo.train_wall_s                                               training wall time (when trained here)
-  metaworld.policy / expert                                       mean and per-task success, wall seconds
+  demo.expert, demo.<decoder>/policy, <decoder>/shuffled_instructions, <decoder>/blank_<camera>
+                             success rate, 95% interval, failure rates, per-task success, wall seconds
+  demo_train_wall_s          training wall time (when trained here)
+  metaworld.*                the same for a Meta-World workdir
 
     python benchmarks/closed_loop.py [--episodes 100] [--workdir DIR] [--metaworld-workdir DIR] [--config.k=v ...]
 """
@@ -35,6 +36,7 @@ def _figures(summary: dict) -> dict:
 
 
 def evaluate_all(workdir: pathlib.Path | None, env: str, episodes: int, cameras: tuple[str, ...], **kw) -> dict:
+    """The scripted expert, then for each of the policy's decoders: the policy and its controls."""
     from vla_jax.evaluation import closed_loop
     from vla_jax.evaluation.runner import Controls
     from vla_jax.inference.policy import Policy
@@ -43,11 +45,15 @@ def evaluate_all(workdir: pathlib.Path | None, env: str, episodes: int, cameras:
     if workdir is None:
         return results
     num_envs = min(kw.get("num_envs", 16), episodes)
-    policy = Policy.load(workdir, warmup_batch_sizes=(num_envs,), pad_batch_to=num_envs)
+    policy = Policy.load(workdir, warmup_batch_sizes=(), pad_batch_to=num_envs)
     cases = {"policy": Controls(), "shuffled_instructions": Controls(shuffle_instructions=True)}
     cases.update({f"blank_{name}": Controls(blank_cameras=(name,)) for name in cameras})
-    for name, controls in cases.items():
-        results[name] = _figures(closed_loop.evaluate(policy, env, episodes, controls=controls, **kw))
+    for decoder in policy.decoders:
+        policy.decoder = decoder
+        policy.warm_up(num_envs, decoder)
+        for name, controls in cases.items():
+            summary = closed_loop.evaluate(policy, env, episodes, controls=controls, **kw)
+            results[f"{decoder}/{name}"] = _figures(summary)
     return results
 
 

@@ -34,4 +34,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.tokenizer.fit_chunks = 2000
     config.tokenizer.action_vocab_size = 256
     config.tokenizer.decode_tokens = 8
+    config.closed_loop.env = ""  # tests that want closed-loop episodes ask for them
     return config

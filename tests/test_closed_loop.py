@@ -38,15 +38,18 @@ def trained(demo_dir, tmp_path_factory):
 
 def test_training_logs_closed_loop_success_at_each_validation(trained):
     workdir, stdout = trained
-    lines = [line for line in stdout.splitlines() if "closed loop (demo, 6 held-out episodes)" in line]
-    assert [line.split(":")[0] for line in lines] == ["step 3", "step 6"]
+    lines = [line for line in stdout.splitlines() if "closed loop (demo, 6 held-out episodes, " in line]
+    assert [line.split(":")[0] for line in lines] == ["step 3", "step 3", "step 6", "step 6"]
+    assert ["flow)" in line for line in lines] == [True, False, True, False]
     logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    found = [r for r in logged if "closed_loop/success_rate" in r]
+    found = [r for r in logged if "closed_loop/flow/success_rate" in r]
     assert [r["step"] for r in found] == [3, 6]
     for record in found:
-        rates = [record[f"closed_loop/{k}_rate"] for k in ("success", "wrong_object", "timeout", "invalid_action")]
-        assert sum(rates) == pytest.approx(1.0) and all(0.0 <= r <= 1.0 for r in rates)
-        assert 1 <= record["closed_loop/mean_length"] <= 60
+        for decoder in ("flow", "fast"):  # debug.py is fast+flow: both decoders are evaluated
+            kinds = ("success", "wrong_object", "timeout", "invalid_action")
+            rates = [record[f"closed_loop/{decoder}/{k}_rate"] for k in kinds]
+            assert sum(rates) == pytest.approx(1.0) and all(0.0 <= r <= 1.0 for r in rates)
+            assert 0 <= record[f"closed_loop/{decoder}/mean_length"] <= 60
 
 
 def _free_port() -> int:

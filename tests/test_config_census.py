@@ -48,6 +48,7 @@ REFUSED = [
     ("closed_loop.execute_steps=-1", None),
     ("closed_loop.execute_steps=5", None),  # more than the chunk of 4
     ("closed_loop.seed=-1", None),
+    ("closed_loop.decoder=beam", None),
     # Mesh and sharding.
     ("mesh.fsdp=0", None),
     ("mesh.fsdp=-3", None),
@@ -199,6 +200,7 @@ REFUSED = [
 ACCEPTED = [
     ("closed_loop.env=demo", None),
     ("closed_loop.execute_steps=4", None),
+    ("closed_loop.decoder=fast", None),
     ("batch_size=8", None),
     ("batch_size=1", None),
     ("seed=123", None),

@@ -361,6 +361,7 @@ def field_rules() -> dict[str, Rule]:
         "closed_loop.num_envs": Int(1, env_registry.MAX_NUM_ENVS),
         "closed_loop.execute_steps": Int(0, note="0: the whole chunk"),
         "closed_loop.seed": Int(0, 2**20),
+        "closed_loop.decoder": Choice(("", "flow", "fast"), note='"": flow where the model has it'),
         "mesh": Group(fn=lambda field, mesh: check_mesh_shape(mesh, field)),
         "sharding.rules": Group(fn=_check_sharding_rules),
         "sharding.fsdp_min_bytes": Int(0),
@@ -607,6 +608,7 @@ def _check_schedule(config, ctx: Context) -> list[str]:
 
 def _check_closed_loop(config, ctx: Context) -> list[str]:
     from vla_jax.envs import registry
+    from vla_jax.models.vla import uses_fast, uses_flow
 
     loop = config.closed_loop
     if loop.execute_steps > config.data.action_horizon:
@@ -615,6 +617,9 @@ def _check_closed_loop(config, ctx: Context) -> list[str]:
             loop.execute_steps,
             f"0 (the whole chunk) or an int in [1, data.action_horizon] = [1, {config.data.action_horizon}]",
         )
+    decodes = {"flow": uses_flow, "fast": uses_fast}
+    if loop.decoder and not decodes[loop.decoder](config.model.mode):
+        raise _fail("closed_loop.decoder", loop.decoder, f'"" or a decoder of model.mode {config.model.mode!r}')
     names = [spec.name for spec in ctx.datasets]
     if loop.env and registry.ENVS[loop.env].dataset not in names:
         raise _fail(

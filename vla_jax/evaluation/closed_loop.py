@@ -145,8 +145,10 @@ def _execution(execute_steps: int | None, ensemble_decay: float | None, expert: 
 class TrainingEvaluator:
     """The trainer's closed-loop hook (``config.closed_loop``): the live parameters as a ``Policy``, in ``env``.
 
-    The policy is built (and compiled) at the first call; later calls swap in
-    the new parameters, so each evaluation costs only its episodes.
+    Each decoder of the model is evaluated (or only ``closed_loop.decoder``);
+    figures go under ``closed_loop/<decoder>/``. The policy is built (and
+    compiled) at the first call; later calls swap in the new parameters, so
+    each evaluation costs only its episodes.
     """
 
     def __init__(self, closed_loop_config):
@@ -155,27 +157,22 @@ class TrainingEvaluator:
         self.policy: Policy | None = None
 
     def __call__(self, saved: dict, params, mesh, step: int) -> tuple[dict, str]:
-        """Success figures under ``closed_loop/`` for the policy of ``saved`` (checkpoint items) and ``params``,
-        and a line for the console."""
+        """Success figures for the policy of ``saved`` (checkpoint items) and ``params``; lines for the console."""
         c = self.settings
+        num_envs = min(c.num_envs, c.episodes)
         if self.policy is None:
             parts = bundle_lib.assemble(saved, lambda abstract: (params, "live"), mesh, "training", step)
-            num_envs = min(c.num_envs, c.episodes)
-            self.policy = Policy(parts, warmup_batch_sizes=(num_envs,), pad_batch_to=num_envs)
+            self.policy = Policy(parts, warmup_batch_sizes=(), pad_batch_to=num_envs)
         else:
             self.policy.parts = dataclasses.replace(self.policy.parts, params=params, step=step)
-        summary = evaluate(
-            self.policy,
-            c.env,
-            c.episodes,
-            seed=c.seed,
-            num_envs=c.num_envs,
-            execute_steps=c.execute_steps or None,
-        )
-        found = {
-            f"closed_loop/{key}": summary[key]
-            for key in ("success_rate", "wrong_object_rate", "timeout_rate", "invalid_action_rate", "mean_length")
-        }
-        found["closed_loop/wall_s"] = summary["wall_s"]
-        line = f"closed loop ({c.env}, {c.episodes} held-out episodes): " + report.format_summary(summary)
-        return found, line
+        found, lines = {}, []
+        for decoder in (c.decoder,) if c.decoder else self.policy.decoders:
+            self.policy.decoder = decoder
+            summary = evaluate(
+                self.policy, c.env, c.episodes, seed=c.seed, num_envs=c.num_envs, execute_steps=c.execute_steps or None
+            )
+            keys = ("success_rate", "wrong_object_rate", "timeout_rate", "invalid_action_rate", "mean_length", "wall_s")
+            found.update({f"closed_loop/{decoder}/{key}": summary[key] for key in keys})
+            text = report.format_summary(summary).replace("\n", "\n    ")
+            lines.append(f"closed loop ({c.env}, {c.episodes} held-out episodes, {decoder}): {text}")
+        return found, "\n".join(lines)

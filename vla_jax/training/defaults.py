@@ -34,6 +34,7 @@ def run_config(**overrides) -> ml_collections.ConfigDict:
     c.closed_loop.num_envs = 16  # episodes run at once (one batched policy call)
     c.closed_loop.execute_steps = 0  # actions executed per chunk before the next query; 0: the whole chunk
     c.closed_loop.seed = 0  # which held-out seeds (vla-jax eval --seed)
+    c.closed_loop.decoder = ""  # "flow" or "fast"; "": the policy's default (flow where the model has it)
 
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1, "expert": 1})
     c.sharding = ml_collections.ConfigDict()

@@ -63,7 +63,7 @@ FAILED_FILE = "FAILED"
 
 # Closed-loop evaluation at validation time, given by the caller (``vla-jax train`` passes
 # ``evaluation.closed_loop.TrainingEvaluator`` for ``config.closed_loop``): (checkpoint items of the policy,
-# its parameters, the mesh they live on, step) -> (metrics, a line for the console).
+# its parameters, the mesh they live on, step) -> (metrics, lines for the console; indented ones continue the last).
 ClosedLoopHook = Callable[[dict, dict, jax.sharding.Mesh, int], tuple[dict, str]]
 
 
@@ -697,7 +697,7 @@ def loop(run: Run, end_step: int) -> dict:
                     with jax.set_mesh(None):  # the policy builds its model and places its calls itself
                         found, line = run.closed_loop(policy_items(run), params, run.setup.mesh, current)
                     results.update(found)
-                    lines.append(f"step {current}: {line}")
+                    lines += [text if text.startswith(" ") else f"step {current}: {text}" for text in line.splitlines()]
                 run.writer.write(current, results)
                 summary.update(results)
                 if is_main:
