@@ -7,8 +7,9 @@ tokens in a π0-FAST prompt and with the expert; validation reports both the
 expert's samples and greedy FAST decoding, and the run ends by driving the demo
 task's robot with the trained policy on 100 held-out scenes (closed loop) and
 printing its success rate. A default run takes 12 to 30 minutes on 2 CPU
-cores; figures in benchmarks/RESULTS.md (closed-loop success 40% with FAST
-greedy decoding at seed 0, 2026-12-07; the scripted expert 100%).
+cores; figures in benchmarks/RESULTS.md (closed-loop success 42% with greedy
+FAST decoding and 29% with the flow expert at seed 0, 2026-12-07; the scripted
+expert 100% on the same scenes).
 
     vla-jax train --config experiments/demo.py --workdir workdirs/demo
 """
