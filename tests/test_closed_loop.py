@@ -52,6 +52,21 @@ def test_training_logs_closed_loop_success_at_each_validation(trained):
             assert 0 <= record[f"closed_loop/{decoder}/mean_length"] <= 60
 
 
+def test_the_hook_evaluates_the_saved_policy_like_vla_jax_eval(trained, tmp_path):
+    """The step-6 figures the trainer logged are those of `vla-jax eval WORKDIR --step 6` on the same scenes."""
+    workdir, _ = trained
+    logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    at_6 = next(r for r in logged if r.get("step") == 6 and "closed_loop/fast/success_rate" in r)
+    for decoder in ("flow", "fast"):
+        out = tmp_path / decoder
+        args = ["--env", "demo", "--episodes", str(EPISODES), "--num-envs", "3", "--execute", "2", "--step", "6"]
+        done = _cli("eval", str(workdir), *args, "--decoder", decoder, "--video-episodes", "0", "--out", str(out))
+        assert done.returncode == 0, done.stderr[-2000:]
+        summary = json.loads((out / "results.json").read_text())
+        for key in ("success_rate", "wrong_object_rate", "invalid_action_rate", "mean_length"):
+            assert summary[key] == pytest.approx(at_6[f"closed_loop/{decoder}/{key}"]), (decoder, key)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -12,7 +12,7 @@ from vla_jax.envs import demo
 from vla_jax.envs.base import EnvError, SyncVectorEnv
 from vla_jax.envs.demo import DemoEnv
 from vla_jax.evaluation import closed_loop, report, video
-from vla_jax.evaluation.runner import Controls, derangement, episode_instructions, run_episodes
+from vla_jax.evaluation.runner import Controls, episode_starts, other_task_prompts, run_episodes
 
 
 def test_the_same_seed_gives_the_same_scene_and_another_seed_another():
@@ -129,7 +129,7 @@ class ExpertChunkPolicy:
 def _run(policy, n=6, num_envs=3, **kwargs):
     envs = SyncVectorEnv([DemoEnv() for _ in range(num_envs)])
     seeds = [demo.eval_seed(0, i) for i in range(n)]
-    return run_episodes(policy, envs, seeds, episode_instructions(envs, seeds), **kwargs)
+    return run_episodes(policy, envs, seeds, episode_starts(envs, seeds), **kwargs)
 
 
 def test_the_runner_gives_the_experts_episodes_in_seed_order():
@@ -155,16 +155,19 @@ def test_chunks_are_executed_k_at_a_time_or_ensembled_every_step():
 def test_controls_change_what_the_policy_is_shown_not_the_task():
     still = np.zeros((4, 4), np.float32)
     policy = ConstantPolicy(still)
-    episodes, _ = _run(policy, n=6, controls=Controls(shuffle_instructions=True, blank_cameras=("wrist",)))
-    order = derangement(6, np.random.default_rng(0))  # the runner's control_seed
-    assert [e.prompt for e in episodes] == [episodes[j].instruction for j in order]
-    assert sum(e.prompt != e.instruction for e in episodes) >= 3
+    episodes, _ = _run(policy, n=12, num_envs=4, controls=Controls(shuffle_instructions=True, blank_cameras=("wrist",)))
+    instructions = {e.instruction for e in episodes}
+    for e in episodes:  # told the instruction of an episode of another task: never its own colour
+        assert e.task not in e.prompt and e.prompt in instructions
+        assert e.task in e.instruction
     assert all(not obs["image/wrist"].any() for obs in policy.shown)
     assert all(obs["image/primary"].any() for obs in policy.shown)
-    told = {obs["prompt"] for obs in policy.shown}
-    assert told == {e.prompt for e in episodes}
-    order = derangement(20, np.random.default_rng(0))
-    assert sorted(order) == list(range(20)) and np.all(order != np.arange(20))
+    assert {obs["prompt"] for obs in policy.shown} == {e.prompt for e in episodes}
+    starts = [("red", "pick up the red block"), ("red", "grab the red block"), ("blue", "lift the blue cube")]
+    prompts = other_task_prompts(starts, np.random.default_rng(0))
+    assert prompts == ["lift the blue cube", "lift the blue cube", prompts[2]] and "red" in prompts[2]
+    with pytest.raises(EnvError, match="at least two tasks"):
+        other_task_prompts(starts[:2], np.random.default_rng(0))
 
 
 def test_an_undecodable_chunk_ends_its_episode_as_a_failure():
@@ -177,7 +180,7 @@ def test_an_undecodable_chunk_ends_its_episode_as_a_failure():
 def test_a_policy_that_follows_the_expert_succeeds_through_the_runner():
     envs = SyncVectorEnv([DemoEnv() for _ in range(3)])
     seeds = [demo.eval_seed(1, i) for i in range(6)]
-    episodes, _ = run_episodes(ExpertChunkPolicy(envs), envs, seeds, episode_instructions(envs, seeds), execute_steps=1)
+    episodes, _ = run_episodes(ExpertChunkPolicy(envs), envs, seeds, episode_starts(envs, seeds), execute_steps=1)
     assert all(e.success for e in episodes)
 
 
@@ -253,6 +256,11 @@ def test_eval_cli_runs_the_expert_and_writes_results_and_video(tmp_path):
         (["--env", "demo", "--expert", "--episodes", "0"], "--episodes is 0"),
         (["--env", "demo", "--expert", "--blank-camera", "top"], "--blank-camera 'top'"),
         (["--env", "demo", "/nonexistent"], "does not exist"),
+        (["--env", "demo", "--expert", "--seed", "-200"], "--seed is -200; expected an int in [0, 1048576]"),
+        (["--env", "demo", "--expert", "--episodes", "10001"], "--episodes is 10001"),
+        (["--env", "demo", "--expert", "--decoder", "fast"], "--decoder does not apply with --expert"),
+        (["--env", "demo", "--expert", "--token", "t"], "--token does not apply"),
+        (["--env", "demo", "--server", "localhost"], "is not HOST:PORT"),
     ],
 )
 def test_eval_cli_refuses_bad_settings_in_one_line(args, message, tmp_path):

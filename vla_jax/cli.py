@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pathlib
 import sys
 
 from vla_jax.errors import ConfigError, VlaJaxError
@@ -151,7 +152,11 @@ def _parser() -> argparse.ArgumentParser:
         "--blank-camera", action="append", default=[], metavar="NAME", help="show this camera black (repeatable)"
     )
     evaluate.add_argument("--expert", action="store_true", help="run the scripted expert instead of a policy")
-    evaluate.add_argument("--out", default=None, help="where results.json and episodes.gif go")
+    evaluate.add_argument(
+        "--out",
+        default=None,
+        help="where results.json and episodes.gif go (default: WORKDIR/eval/<settings> or ./eval)",
+    )
     evaluate.add_argument("--video-episodes", type=int, default=8, help="episodes shown in episodes.gif (0: none)")
     evaluate.add_argument("--json", action="store_true", help="print the summary as JSON")
     return parser
@@ -284,9 +289,29 @@ def _serve(args) -> None:
     running.serve_forever()
 
 
-def _eval(args) -> None:
-    import pathlib
+def _eval_out_dir(args) -> pathlib.Path:
+    """``--out``, or a directory named by the settings (so runs with other controls do not overwrite it)."""
+    if args.out:
+        return pathlib.Path(args.out)
+    parts = [args.env, f"seed{args.seed}"]
+    if args.expert:
+        parts.append("expert")
+    parts += [args.decoder] if args.decoder else []
+    parts += ["shuffled"] if args.shuffle_instructions else []
+    parts += [f"blank-{name}" for name in args.blank_camera]
+    is_workdir = args.path and (pathlib.Path(args.path) / "checkpoints").is_dir()
+    base = pathlib.Path(args.path) if is_workdir else pathlib.Path(".")
+    return base / "eval" / "_".join(parts)
 
+
+def _server_address(text: str) -> tuple[str, int]:
+    host, _, port = text.removeprefix("ws://").rstrip("/").rpartition(":")
+    if not port.isdigit() or not host:
+        raise ConfigError(f"--server {text!r} is not HOST:PORT (e.g. 127.0.0.1:8000)")
+    return host, int(port)
+
+
+def _eval(args) -> None:
     from vla_jax.evaluation import closed_loop, report
     from vla_jax.evaluation.runner import Controls
 
@@ -294,33 +319,45 @@ def _eval(args) -> None:
     sources = [bool(args.path), bool(args.server), args.expert]
     if sum(sources) != 1:
         raise ConfigError("vla-jax eval needs exactly one of: a release or workdir PATH, --server HOST:PORT, --expert")
+    unused = {
+        "--step": args.step is not None and not args.path,
+        "--decoder": args.decoder is not None and not args.path,
+        "--flow-steps": args.flow_steps is not None and not args.path,
+        "--token": args.token is not None and not args.server,
+        "--execute": args.execute is not None and args.expert,
+        "--ensemble": args.ensemble is not None and args.expert,
+    }
+    for option, ignored in unused.items():
+        if ignored:
+            source = "--server" if args.server else "--expert" if args.expert else "a PATH"
+            raise ConfigError(f"{option} does not apply with {source} (the server or the expert decides it)")
     if args.video_episodes < 0:
         raise ConfigError(f"--video-episodes is {args.video_episodes}; expected an int >= 0")
     closed_loop.check_settings(
         episodes=args.episodes, num_envs=args.num_envs, execute_steps=args.execute, ensemble_decay=args.ensemble,
-        horizon=None,
+        horizon=None, seed=args.seed,
     )  # fmt: skip
     unknown = [name for name in args.blank_camera if name not in spec.cameras]
     if unknown:
         raise ConfigError(f"--blank-camera {unknown[0]!r}: env {args.env!r} has cameras {list(spec.cameras)}")
     controls = Controls(args.shuffle_instructions, tuple(args.blank_camera))
-    out = args.out
-    if out is None:
-        base = pathlib.Path(args.path) if args.path and (pathlib.Path(args.path) / "checkpoints").is_dir() else None
-        out = (base or pathlib.Path(".")) / "eval" / args.env
+    out = _eval_out_dir(args)
+    num_envs = closed_loop.envs_to_run(args.env, args.num_envs, args.episodes)
+    if num_envs < min(args.num_envs, args.episodes):
+        print(f"vla-jax: running {num_envs} environments at once (one per CPU core)", file=sys.stderr, flush=True)
     policy, close = None, None
     if args.server:
-        from vla_jax.inference.client import PolicyClient
+        from vla_jax.inference.client import PolicyClient, PolicyServerError
 
-        host, _, port = args.server.rpartition(":")
-        if not port.isdigit():
-            raise ConfigError(f"--server {args.server!r} is not HOST:PORT")
-        policy = PolicyClient(host or "127.0.0.1", int(port), token=args.token)
+        host, port = _server_address(args.server)
+        try:
+            policy = PolicyClient(host, port, token=args.token)
+        except (PolicyServerError, TimeoutError) as error:
+            raise ConfigError(f"--server {args.server}: {error}") from None
         close = policy.close
     elif args.path:
         from vla_jax.inference.policy import Policy
 
-        num_envs = min(args.num_envs, args.episodes)
         policy = Policy.load(
             args.path, step=args.step, decoder=args.decoder, flow_steps=args.flow_steps,
             warmup_batch_sizes=(num_envs,), pad_batch_to=num_envs,
@@ -328,10 +365,14 @@ def _eval(args) -> None:
         print(f"vla-jax: loaded {policy.parts.source} (step {policy.parts.step})", file=sys.stderr, flush=True)
     try:
         summary = closed_loop.evaluate(
-            policy, args.env, args.episodes, seed=args.seed, num_envs=args.num_envs, execute_steps=args.execute,
+            policy, args.env, args.episodes, seed=args.seed, num_envs=num_envs, execute_steps=args.execute,
             ensemble_decay=args.ensemble, controls=controls, out=out, video_episodes=args.video_episodes,
             expert=args.expert,
         )  # fmt: skip
+    except (OSError, RuntimeError) as error:  # the server refused a request or went away
+        if not args.server:
+            raise
+        raise ConfigError(f"--server {args.server}: {str(error).splitlines()[0]}") from None
     finally:
         if close is not None:
             close()

@@ -13,6 +13,8 @@ from typing import Protocol
 
 import numpy as np
 
+from vla_jax.errors import VlaJaxError
+
 
 class Env(Protocol):
     """One episode at a time: ``reset(seed)`` then ``step(action)`` until ``done``."""
@@ -37,8 +39,8 @@ class Env(Protocol):
     def close(self) -> None: ...
 
 
-class EnvError(ValueError):
-    """An action or a seed an environment cannot take; the message names it and what was expected."""
+class EnvError(VlaJaxError, ValueError):
+    """An action, a seed or a setting an environment cannot take; the message names it and what was expected."""
 
 
 def check_action(action, dim: int, env: str) -> np.ndarray:
@@ -64,8 +66,8 @@ class VectorEnv(Protocol):
 
     def task(self, index: int) -> str: ...
 
-    def instruction(self, seed: int) -> str:
-        """The instruction of the episode ``seed`` starts (without running it where the env can tell)."""
+    def episode(self, seed: int) -> tuple[str, str]:
+        """The task and instruction of the episode ``seed`` starts (without running it where the env can tell)."""
         ...
 
     def expert_action(self, index: int) -> np.ndarray: ...
@@ -92,8 +94,9 @@ class SyncVectorEnv:
     def task(self, index: int) -> str:
         return self.envs[index].task
 
-    def instruction(self, seed: int) -> str:
-        return str(self.envs[0].reset(seed)["prompt"])
+    def episode(self, seed: int) -> tuple[str, str]:
+        prompt = self.envs[0].reset(seed)["prompt"]
+        return self.envs[0].task, str(prompt)
 
     def expert_action(self, index: int) -> np.ndarray:
         return self.envs[index].expert_action()

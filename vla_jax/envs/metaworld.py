@@ -156,6 +156,18 @@ class _Simulator:
         self.env.close()
 
 
+def _refuse_all(conn, reason: str) -> None:
+    """Answers every request with ``reason`` until the parent closes the worker."""
+    while True:
+        try:
+            message = conn.recv()
+        except EOFError:
+            return
+        if message[0] == "close":
+            return
+        conn.send(("error", reason, False))
+
+
 def _worker(conn, image_size: int, camera: str, max_simulators: int) -> None:
     """A worker's loop: ``("reset", task, variation)``, ``("step", action)``, ``("close",)``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which closes the workers
@@ -166,9 +178,14 @@ def _worker(conn, image_size: int, camera: str, max_simulators: int) -> None:
     try:
         import warnings
 
-        import metaworld
-        import mujoco
-        from metaworld.policies import ENV_POLICY_MAP
+        try:
+            import metaworld
+            import mujoco
+            from metaworld.policies import ENV_POLICY_MAP
+        except Exception as error:  # reported once per request, not as a traceback per worker
+            _refuse_all(conn, f"Meta-World cannot be imported here ({type(error).__name__}: {error}); "
+                              "install it with `pip install metaworld==3.1.1` (the test extra)")  # fmt: skip
+            return
 
         warnings.filterwarnings("ignore", message="Constant.*may be too high")  # the experts' gains, clipped
         while True:
@@ -276,6 +293,8 @@ class MetaWorldVectorEnv:
                 f"env {NAME!r}: worker {index} (pid {process.pid}) closed its pipe while {doing}"
             ) from None
         if status == "error":
+            if "\n" not in payload.strip():  # a reason, not a traceback
+                raise WorkerError(f"env {NAME!r}: {payload}")
             raise WorkerError(f"env {NAME!r}: worker {index} failed while {doing}:\n{payload}")
         return payload, success
 
@@ -333,8 +352,9 @@ class MetaWorldVectorEnv:
             raise EnvError(f"env {NAME!r}: task() of slot {index} before reset()")
         return self._task[index]
 
-    def instruction(self, seed: int) -> str:
-        return instruction(task_and_variation(seed, self.tasks)[0])
+    def episode(self, seed: int) -> tuple[str, str]:
+        task = task_and_variation(seed, self.tasks)[0]
+        return task, instruction(task)
 
     def expert_action(self, index: int) -> np.ndarray:
         """Meta-World's scripted expert (``metaworld.policies``) for the slot's true state, clipped to [-1, 1]."""
@@ -371,5 +391,5 @@ class MetaWorldVectorEnv:
 
 
 def make(num_envs: int) -> MetaWorldVectorEnv:
-    """MT10 with the default settings, at most one worker per CPU core (each worker renders on the CPU)."""
-    return MetaWorldVectorEnv(max(1, min(num_envs, os.cpu_count() or 1)))
+    """MT10 with the default settings (the registry caps ``num_envs`` at one worker per CPU core)."""
+    return MetaWorldVectorEnv(num_envs)

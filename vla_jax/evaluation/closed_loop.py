@@ -22,7 +22,7 @@ import numpy as np
 from vla_jax.envs import registry
 from vla_jax.errors import ConfigError
 from vla_jax.evaluation import report, video
-from vla_jax.evaluation.runner import Controls, episode_instructions, run_episodes
+from vla_jax.evaluation.runner import Controls, episode_starts, run_episodes
 from vla_jax.inference import bundle as bundle_lib
 from vla_jax.inference.policy import MAX_BATCH_SIZE, Policy
 
@@ -37,11 +37,21 @@ def env_spec(name: str) -> registry.EnvSpec:
 
 
 def check_settings(
-    *, episodes: int, num_envs: int, execute_steps: int | None, ensemble_decay: float | None, horizon: int | None
+    *,
+    episodes: int,
+    num_envs: int,
+    execute_steps: int | None,
+    ensemble_decay: float | None,
+    horizon: int | None,
+    seed: int = 0,
 ) -> None:
     """ConfigError naming the first setting out of range (before any environment or model is built)."""
-    if episodes < 1:
-        raise ConfigError(f"--episodes is {episodes}; expected at least 1")
+    if not 1 <= episodes <= registry.MAX_EVAL_EPISODES:
+        raise ConfigError(f"--episodes is {episodes}; expected an int in [1, {registry.MAX_EVAL_EPISODES}]")
+    if not 0 <= seed <= registry.MAX_EVAL_SEED:
+        raise ConfigError(
+            f"--seed is {seed}; expected an int in [0, {registry.MAX_EVAL_SEED}] (held-out scenes: never the data's)"
+        )
     if not 1 <= num_envs <= MAX_BATCH_SIZE:
         raise ConfigError(f"--num-envs is {num_envs}; expected an int in [1, {MAX_BATCH_SIZE}]")
     if execute_steps is not None and ensemble_decay is not None:
@@ -50,6 +60,11 @@ def check_settings(
         raise ConfigError(f"--execute is {execute_steps}; expected an int in [1, the policy's horizon {horizon}]")
     if ensemble_decay is not None and not np.isfinite(ensemble_decay) or (ensemble_decay or 0.0) < 0:
         raise ConfigError(f"--ensemble is {ensemble_decay}; expected a finite decay >= 0 (ACT uses 0.01)")
+
+
+def envs_to_run(env: str, num_envs: int, episodes: int) -> int:
+    """How many environments actually run together: no more than the episodes or than the machine allows."""
+    return max(1, min(num_envs, episodes, env_spec(env).max_envs()))
 
 
 def evaluate(
@@ -72,18 +87,18 @@ def evaluate(
     horizon = _horizon(policy)
     check_settings(
         episodes=episodes, num_envs=num_envs, execute_steps=execute_steps, ensemble_decay=ensemble_decay,
-        horizon=horizon,
+        horizon=horizon, seed=seed,
     )  # fmt: skip
     started = time.perf_counter()
-    envs = spec.make(min(num_envs, episodes))
+    envs = spec.make(envs_to_run(env, num_envs, episodes))
     try:
         seeds = [spec.eval_seed(seed, i) for i in range(episodes)]
-        instructions = episode_instructions(envs, seeds)
+        starts = episode_starts(envs, seeds)
         found, timing = run_episodes(
             None if expert else policy,
             envs,
             seeds,
-            instructions,
+            starts,
             execute_steps=execute_steps,
             ensemble_decay=ensemble_decay,
             controls=controls,
@@ -159,7 +174,7 @@ class TrainingEvaluator:
     def __call__(self, saved: dict, params, mesh, step: int) -> tuple[dict, str]:
         """Success figures for the policy of ``saved`` (checkpoint items) and ``params``; lines for the console."""
         c = self.settings
-        num_envs = min(c.num_envs, c.episodes)
+        num_envs = envs_to_run(c.env, c.num_envs, c.episodes)
         if self.policy is None:
             parts = bundle_lib.assemble(saved, lambda abstract: (params, "live"), mesh, "training", step)
             self.policy = Policy(parts, warmup_batch_sizes=(), pad_batch_to=num_envs)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from vla_jax.envs.base import VectorEnv
+from vla_jax.envs.base import EnvError, VectorEnv
 from vla_jax.inference.wrappers import ActionChunkBroker, TemporalEnsembler
 
 
@@ -25,7 +25,7 @@ from vla_jax.inference.wrappers import ActionChunkBroker, TemporalEnsembler
 class Controls:
     """Input ablations: what the policy is shown instead of the truth."""
 
-    shuffle_instructions: bool = False  # each episode gets another episode's instruction
+    shuffle_instructions: bool = False  # each episode is told the instruction of an episode of another task
     blank_cameras: tuple[str, ...] = ()  # these cameras show black frames
 
     def describe(self) -> str:
@@ -75,14 +75,20 @@ def batch_infer(policy) -> Callable[[list[dict]], list[dict]]:
     return lambda observations: [policy.infer(obs) for obs in observations]
 
 
-def derangement(n: int, rng: np.random.Generator) -> np.ndarray:
-    """A permutation of ``range(n)`` that moves every element (the identity for ``n < 2``)."""
-    if n < 2:
-        return np.arange(n)
-    while True:
-        order = rng.permutation(n)
-        if np.all(order != np.arange(n)):
-            return order
+def other_task_prompts(starts: Sequence[tuple[str, str]], rng: np.random.Generator) -> list[str]:
+    """For each episode, the instruction of a random episode of *another* task (the shuffled-instruction control).
+
+    Another episode's text is not enough: two scenes may name the same colour
+    (or be the same Meta-World task), and the policy would be told its own task.
+    """
+    tasks = np.array([task for task, _ in starts])
+    if len(set(tasks)) < 2:
+        raise EnvError(f"shuffled instructions need episodes of at least two tasks; these are all {tasks[0]!r}")
+    prompts = []
+    for task, _ in starts:
+        others = np.flatnonzero(tasks != task)
+        prompts.append(starts[int(rng.choice(others))][1])
+    return prompts
 
 
 def _camera_frame(obs: dict, cameras: Sequence[str]) -> np.ndarray:
@@ -97,7 +103,7 @@ def run_episodes(
     policy,
     envs: VectorEnv,
     seeds: Sequence[int],
-    instructions: Sequence[str],
+    starts: Sequence[tuple[str, str]],
     *,
     execute_steps: int | None = None,
     ensemble_decay: float | None = None,
@@ -112,19 +118,18 @@ def run_episodes(
     ``policy`` None runs the environments' scripted experts instead (one
     action per step, from the true state), through the same loop.
 
-    ``instructions[i]`` is episode ``i``'s own instruction (read from its
-    first observation by :func:`episode_instructions`); under
-    ``controls.shuffle_instructions`` the policy is told another episode's.
+    ``starts[i]`` is episode ``i``'s task and instruction
+    (:func:`episode_starts`); under ``controls.shuffle_instructions`` the
+    policy is told the instruction of an episode of another task.
     ``execute_steps`` (``None``: the whole chunk) or ``ensemble_decay`` (query
     every step, ACT ensembling) choose how chunks are executed. The first
     ``record_episodes`` episodes keep their frames for a video.
     """
     controls = controls or Controls()
     infer = batch_infer(policy) if policy is not None else None
-    prompts = list(instructions)
+    prompts = [instruction for _, instruction in starts]
     if controls.shuffle_instructions:
-        order = derangement(len(prompts), np.random.default_rng(control_seed))
-        prompts = [instructions[j] for j in order]
+        prompts = other_task_prompts(starts, np.random.default_rng(control_seed))
 
     def wrapper(slot: _Slot):
         if ensemble_decay is not None:
@@ -167,9 +172,9 @@ def run_episodes(
             Episode(
                 index=index,
                 seed=int(seeds[index]),
-                instruction=instructions[index],
+                instruction=starts[index][1],
                 prompt=prompts[index],
-                task=envs.task(slot),
+                task=starts[index][0],
                 success=bool(info.get("success", False)) and not invalid,
                 wrong_object=bool(info.get("wrong_object", False)),
                 invalid_action=invalid,
@@ -227,6 +232,6 @@ def run_episodes(
     return finished, timing
 
 
-def episode_instructions(envs: VectorEnv, seeds: Sequence[int]) -> list[str]:
-    """Each seed's instruction (what shuffling hands to another episode)."""
-    return [envs.instruction(int(seed)) for seed in seeds]
+def episode_starts(envs: VectorEnv, seeds: Sequence[int]) -> list[tuple[str, str]]:
+    """Each seed's task and instruction (what episodes are grouped by, and what shuffling hands around)."""
+    return [envs.episode(int(seed)) for seed in seeds]

@@ -692,10 +692,13 @@ def loop(run: Run, end_step: int) -> dict:
             if current % config.eval_every == 0 or current == end_step:
                 results = validate(run)
                 lines = [f"step {current}: {format_validation(results)}"]
-                if run.closed_loop is not None:
+                if run.closed_loop is not None and not preempted:  # a preempted run saves first
                     params = run.state.get("ema", run.state["params"])
-                    with jax.set_mesh(None):  # the policy builds its model and places its calls itself
-                        found, line = run.closed_loop(policy_items(run), params, run.setup.mesh, current)
+                    try:
+                        with jax.set_mesh(None):  # the policy builds its model and places its calls itself
+                            found, line = run.closed_loop(policy_items(run), params, run.setup.mesh, current)
+                    except VlaJaxError as error:  # a simulator that fails does not end the training run
+                        found, line = {}, f"WARNING: closed-loop evaluation failed, training goes on: {error}"
                     results.update(found)
                     lines += [text if text.startswith(" ") else f"step {current}: {text}" for text in line.splitlines()]
                 run.writer.write(current, results)
