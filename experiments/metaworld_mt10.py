@@ -32,6 +32,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data = data_config(mixture=metaworld_demos.NAME)
     config.data.data_dir = str(metaworld_demos.default_data_dir())  # where `vla-jax data metaworld` writes
     config.data.action_horizon = 4  # 50 ms at 80 Hz
+    config.data.action_dim = 4  # Meta-World's own widths: --dry-run and `model summary` need no data on disk
+    config.data.state_dim = 4
     config.data.cameras = ("primary",)
     config.data.image_size = 64
     config.data.shuffle_buffer_size = 10_000
