@@ -38,6 +38,7 @@ def _one_step(config, batch, tx=None, **step_kwargs):
         return before, jax.tree.map(np.asarray, jax.device_get(new_state)), jax.device_get(metrics)
 
 
+@pytest.mark.slow  # six compiled steps (about 2.5 minutes on 2 cores)
 def test_gradient_accumulation_matches_the_full_batch(demo_batch):
     config, batch = demo_batch
     sgd = optax.sgd(1.0)  # params_after = params - grads: the step's gradient, exactly
