@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import REPO
 from vla_jax.envs import demo
-from vla_jax.envs.base import EnvError, SyncVectorEnv
+from vla_jax.envs.base import EnvError, SyncVectorEnv, eval_seed
 from vla_jax.envs.demo import DemoEnv
 from vla_jax.evaluation import closed_loop, report, video
 from vla_jax.evaluation.runner import Controls, episode_starts, other_task_prompts, run_episodes
@@ -28,7 +28,7 @@ def test_the_same_seed_gives_the_same_scene_and_another_seed_another():
 
 def test_the_expert_succeeds_and_lifts_the_named_block():
     for seed in range(40):
-        episode = demo.expert_episode(demo.eval_seed(0, seed))
+        episode = demo.expert_episode(eval_seed(0, seed))
         assert episode["success"], seed
         assert len(episode["steps"]) < demo.MAX_STEPS
 
@@ -128,7 +128,7 @@ class ExpertChunkPolicy:
 
 def _run(policy, n=6, num_envs=3, **kwargs):
     envs = SyncVectorEnv([DemoEnv() for _ in range(num_envs)])
-    seeds = [demo.eval_seed(0, i) for i in range(n)]
+    seeds = [eval_seed(0, i) for i in range(n)]
     return run_episodes(policy, envs, seeds, episode_starts(envs, seeds), **kwargs)
 
 
@@ -179,7 +179,7 @@ def test_an_undecodable_chunk_ends_its_episode_as_a_failure():
 
 def test_a_policy_that_follows_the_expert_succeeds_through_the_runner():
     envs = SyncVectorEnv([DemoEnv() for _ in range(3)])
-    seeds = [demo.eval_seed(1, i) for i in range(6)]
+    seeds = [eval_seed(1, i) for i in range(6)]
     episodes, _ = run_episodes(ExpertChunkPolicy(envs), envs, seeds, episode_starts(envs, seeds), execute_steps=1)
     assert all(e.success for e in episodes)
 
@@ -244,7 +244,7 @@ def test_eval_cli_runs_the_expert_and_writes_results_and_video(tmp_path):
     assert "success 100.0% (6/6" in done.stdout
     results = json.loads((out / "results.json").read_text())
     assert results["success_rate"] == 1.0 and len(results["episodes_detail"]) == 6
-    assert results["first_env_seed"] == demo.eval_seed(0, 0)
+    assert results["first_env_seed"] == eval_seed(0, 0)
     assert (out / "episodes.gif").stat().st_size > 0
 
 

@@ -20,7 +20,7 @@ if _probe.returncode != 0:
     )
 
 from vla_jax.envs import metaworld as mw  # noqa: E402
-from vla_jax.envs.base import EnvError  # noqa: E402
+from vla_jax.envs.base import EnvError, eval_seed  # noqa: E402
 
 # The two tasks whose experts succeed on every variation tried (DESIGN.md section 8), with short episodes.
 TASKS = ("button-press-topdown-v3", "drawer-close-v3")
@@ -36,7 +36,7 @@ def envs():
 def test_seeds_map_to_tasks_and_held_out_variations():
     assert mw.task_and_variation(0, TASKS) == (TASKS[0], 0)
     assert mw.task_and_variation(7, TASKS) == (TASKS[1], 3)
-    evaluation = [mw.task_and_variation(mw.eval_seed(0, i)) for i in range(20)]
+    evaluation = [mw.task_and_variation(eval_seed(0, i)) for i in range(20)]
     assert sorted(t for t, _ in evaluation) == sorted(mw.MT10 * 2)  # every task twice
     assert min(v for _, v in evaluation) > 50_000  # far from the demonstrations' variations 0, 1, ...
     with pytest.raises(EnvError, match="seed is -1"):

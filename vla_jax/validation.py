@@ -331,6 +331,7 @@ def _check_augment(field: str, augment) -> None:
 def field_rules() -> dict[str, Rule]:
     """Every field of a training config and its rule; choices come from the code that uses them."""
     from vla_jax.data import frame_transforms, loader, statistics
+    from vla_jax.envs import base as env_base
     from vla_jax.envs import registry as env_registry
     from vla_jax.models import moe
     from vla_jax.models.vla import DTYPES, MODES, REMAT_POLICIES
@@ -357,10 +358,10 @@ def field_rules() -> dict[str, Rule]:
         "wandb_project": Str(),
         "device_peak_flops": Float(0.0, note="0: from the table of known accelerators"),
         "closed_loop.env": Choice(("", *sorted(env_registry.ENVS)), note='"": no closed-loop evaluation'),
-        "closed_loop.episodes": Int(1, env_registry.MAX_EVAL_EPISODES),
+        "closed_loop.episodes": Int(1, env_base.MAX_EVAL_EPISODES),
         "closed_loop.num_envs": Int(1, env_registry.MAX_NUM_ENVS),
         "closed_loop.execute_steps": Int(0, note="0: the whole chunk"),
-        "closed_loop.seed": Int(0, env_registry.MAX_EVAL_SEED),
+        "closed_loop.seed": Int(0, env_base.MAX_EVAL_SEED),
         "closed_loop.decoder": Choice(("", "flow", "fast"), note='"": flow where the model has it'),
         "mesh": Group(fn=lambda field, mesh: check_mesh_shape(mesh, field)),
         "sharding.rules": Group(fn=_check_sharding_rules),

@@ -28,6 +28,7 @@ import tempfile
 import numpy as np
 
 from vla_jax.data import cache_dir
+from vla_jax.envs import base as env_base
 from vla_jax.envs import demo as demo_env
 from vla_jax.errors import DataError
 
@@ -40,7 +41,7 @@ CONFIG_NAME = "default"
 TRAIN_EPISODES = 2000
 VAL_EPISODES = 50
 NUM_SHARDS = 8  # record files per split, so hosts of a multi-host run read disjoint files
-SPLIT_SEEDS = {"train": 0, "val": demo_env.VAL_SEED_BASE}  # episode i of a split is the env's seed base + i
+SPLIT_SEEDS = {"train": 0, "val": env_base.VAL_SEED_BASE}  # episode i of a split is the env's seed base + i
 
 
 def _jpeg(image: np.ndarray) -> bytes:

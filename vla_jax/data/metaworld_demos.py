@@ -4,7 +4,7 @@
 
 Episodes come from the environment's training seeds ``0, 1, 2, ...`` (the
 validation split from ``VAL_SEED_BASE``), so closed-loop evaluation's seeds
-(:func:`vla_jax.envs.metaworld.eval_seed`) are variations no demonstration
+(:func:`vla_jax.envs.base.eval_seed`) are variations no demonstration
 shows. A seed whose expert does not succeed within ``max_steps`` is skipped
 and the next seed of that task is tried, so every task gets the same number of
 successful episodes. Each step holds the frame and state the policy sees, the
@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from vla_jax.data import cache_dir
+from vla_jax.envs import base as env_base
 from vla_jax.envs import metaworld as mw
 from vla_jax.errors import DataError
 
@@ -150,7 +151,7 @@ def generate(
         train, train_counts = rollout_experts(envs, episodes_per_task, 0, log)
         val, val_counts = [], {}
         if val_episodes_per_task:
-            val, val_counts = rollout_experts(envs, val_episodes_per_task, mw.VAL_SEED_BASE, log)
+            val, val_counts = rollout_experts(envs, val_episodes_per_task, env_base.VAL_SEED_BASE, log)
     rollout_s = time.perf_counter() - started
     splits = {"train": train, **({"val": val} if val else {})}
     builder_dir = rlds_writer.write_rlds(

@@ -15,6 +15,19 @@ import numpy as np
 
 from vla_jax.errors import VlaJaxError
 
+# Seeds, the same scheme in every environment: the data's training episodes use 0, 1, ..., its validation
+# episodes VAL_SEED_BASE + i, and closed-loop evaluation EVAL_SEED_BASE + MAX_EVAL_EPISODES * seed + i (eval_seed).
+# A seed in [0, MAX_EVAL_SEED] and at most MAX_EVAL_EPISODES episodes keep evaluation apart from both.
+VAL_SEED_BASE = 1_000_000
+EVAL_SEED_BASE = 2_000_000
+MAX_EVAL_EPISODES = 10_000
+MAX_EVAL_SEED = 2**20
+
+
+def eval_seed(seed: int, episode: int) -> int:
+    """The held-out environment seed of evaluation episode ``episode`` under ``--seed seed``."""
+    return EVAL_SEED_BASE + MAX_EVAL_EPISODES * seed + episode
+
 
 class Env(Protocol):
     """One episode at a time: ``reset(seed)`` then ``step(action)`` until ``done``."""

@@ -42,16 +42,6 @@ LIFT_HEIGHT = 0.9  # a block held at or above this height is lifted: the episode
 MAX_STEPS = 60
 EXPERT_NOISE = 0.004  # std of the expert's horizontal jitter
 
-# Seeds: the dataset's training episodes use 0..N-1, its validation episodes VAL_SEED_BASE + i, and closed-loop
-# evaluation EVAL_SEED_BASE + 10_000 * seed + i: held out from both.
-VAL_SEED_BASE = 1_000_000
-EVAL_SEED_BASE = 2_000_000
-
-
-def eval_seed(seed: int, episode: int) -> int:
-    """The held-out environment seed of evaluation episode ``episode`` under ``--seed seed``."""
-    return EVAL_SEED_BASE + 10_000 * seed + episode
-
 
 def render(blocks, colors, ee, gripper_open, view, size, shade) -> np.ndarray:
     """The table seen through ``view = (x0, y0, width)`` as uint8 ``[size, size, 3]``."""

@@ -15,7 +15,8 @@ through the tasks. Variation ``v`` of a task is
 seeded variations, bit-identical on every rerun. The demonstrations use seeds
 ``0, 1, ...`` (training) and ``VAL_SEED_BASE + i`` (validation); closed-loop
 evaluation uses ``EVAL_SEED_BASE + 10_000 * seed + episode``
-(:func:`eval_seed`): held out from both, and ``E`` consecutive episodes cover
+(:func:`vla_jax.envs.base.eval_seed`, the scheme every environment shares):
+held out from both, and ``E`` consecutive episodes cover
 the ``K`` tasks evenly.
 
 Observations: ``image/primary`` (camera ``corner2``, turned right side up,
@@ -77,8 +78,6 @@ PATH_LENGTH = 500  # Meta-World refuses to step further without a reset
 CONTROL_FREQUENCY_HZ = 80.0  # env.dt = model timestep 0.0025 s x frame_skip 5 = 0.0125 s
 STATE_DIM = ACTION_DIM = 4
 VARIATIONS_PER_SEED = 50  # metaworld.MT1(task, seed=s) makes 50 variations
-VAL_SEED_BASE = 1_000_000
-EVAL_SEED_BASE = 2_000_000
 # Simulators a worker keeps (one per task, least recently used closed first): each holds a render context of about
 # 160 MB, and making one costs about 0.7 s.
 MAX_SIMULATORS = 10
@@ -92,11 +91,6 @@ class WorkerError(VlaJaxError):
 def instruction(task: str) -> str:
     """The natural instruction of a task (its name in words where none is written)."""
     return INSTRUCTIONS.get(task, task.removesuffix("-v3").replace("-", " "))
-
-
-def eval_seed(seed: int, episode: int) -> int:
-    """The held-out environment seed of evaluation episode ``episode`` under ``--seed seed``."""
-    return EVAL_SEED_BASE + 10_000 * seed + episode
 
 
 def task_and_variation(seed: int, tasks=MT10) -> tuple[str, int]:

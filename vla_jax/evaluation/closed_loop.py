@@ -19,12 +19,12 @@ import time
 
 import numpy as np
 
-from vla_jax.envs import registry
+from vla_jax.envs import base, registry
 from vla_jax.errors import ConfigError
 from vla_jax.evaluation import report, video
 from vla_jax.evaluation.runner import Controls, episode_starts, run_episodes
 from vla_jax.inference import bundle as bundle_lib
-from vla_jax.inference.policy import MAX_BATCH_SIZE, Policy
+from vla_jax.inference.policy import Policy
 
 RESULTS_FILE = "results.json"
 VIDEO_FILE = "episodes.gif"
@@ -46,14 +46,14 @@ def check_settings(
     seed: int = 0,
 ) -> None:
     """ConfigError naming the first setting out of range (before any environment or model is built)."""
-    if not 1 <= episodes <= registry.MAX_EVAL_EPISODES:
-        raise ConfigError(f"--episodes is {episodes}; expected an int in [1, {registry.MAX_EVAL_EPISODES}]")
-    if not 0 <= seed <= registry.MAX_EVAL_SEED:
+    if not 1 <= episodes <= base.MAX_EVAL_EPISODES:
+        raise ConfigError(f"--episodes is {episodes}; expected an int in [1, {base.MAX_EVAL_EPISODES}]")
+    if not 0 <= seed <= base.MAX_EVAL_SEED:
         raise ConfigError(
-            f"--seed is {seed}; expected an int in [0, {registry.MAX_EVAL_SEED}] (held-out scenes: never the data's)"
+            f"--seed is {seed}; expected an int in [0, {base.MAX_EVAL_SEED}] (held-out scenes: never the data's)"
         )
-    if not 1 <= num_envs <= MAX_BATCH_SIZE:
-        raise ConfigError(f"--num-envs is {num_envs}; expected an int in [1, {MAX_BATCH_SIZE}]")
+    if not 1 <= num_envs <= registry.MAX_NUM_ENVS:
+        raise ConfigError(f"--num-envs is {num_envs}; expected an int in [1, {registry.MAX_NUM_ENVS}]")
     if execute_steps is not None and ensemble_decay is not None:
         raise ConfigError("--execute and --ensemble exclude each other: execute k actions, or ensemble every step")
     if execute_steps is not None and (execute_steps < 1 or (horizon is not None and execute_steps > horizon)):
@@ -92,7 +92,7 @@ def evaluate(
     started = time.perf_counter()
     envs = spec.make(envs_to_run(env, num_envs, episodes))
     try:
-        seeds = [spec.eval_seed(seed, i) for i in range(episodes)]
+        seeds = [base.eval_seed(seed, i) for i in range(episodes)]
         starts = episode_starts(envs, seeds)
         found, timing = run_episodes(
             None if expert else policy,
