@@ -224,6 +224,20 @@ class File(Rule):
 
 
 @dataclasses.dataclass(frozen=True)
+class RunSource(Rule):
+    """'' or a directory a run can start from: a training workdir (``checkpoints/``) or a release (``release.json``)."""
+
+    def ok(self, value) -> bool:
+        if not isinstance(value, str):
+            return False
+        path = pathlib.Path(value).expanduser()
+        return not value or (path / "checkpoints").is_dir() or (path / "release.json").is_file()
+
+    def describe(self) -> str:
+        return "'' or a training workdir (it has checkpoints/) or a release directory (it has release.json)"
+
+
+@dataclasses.dataclass(frozen=True)
 class Group(Rule):
     """A field whose value is a mapping or a structure, checked by ``fn(field, value)`` (which raises)."""
 
@@ -331,6 +345,7 @@ def _check_augment(field: str, augment) -> None:
 def field_rules() -> dict[str, Rule]:
     """Every field of a training config and its rule; choices come from the code that uses them."""
     from vla_jax.data import frame_transforms, loader, statistics
+    from vla_jax.data.specs import ACTION_SPACES
     from vla_jax.envs import base as env_base
     from vla_jax.envs import registry as env_registry
     from vla_jax.models import moe
@@ -407,6 +422,12 @@ def field_rules() -> dict[str, Rule]:
         "tokenizer.max_length": Int(1),
         "tokenizer.state_bins": Int(2),
         "tokenizer.decode_tokens": Int(0, note="0: max_length"),
+        # Initialization from another run (vla_jax.training.init).
+        "init.source": RunSource(),
+        "init.step": Int(0, note="0: the latest checkpoint"),
+        "init.load": Regex(),
+        "init.reinit": Regex(note="'' re-initializes nothing"),
+        "init.action_space_from": Choice(("", *(space.name for space in ACTION_SPACES)), note='"": none'),
         # Model (vla_jax.models.presets).
         "model.mode": Choice(MODES),
         "model.dtype": Choice(tuple(DTYPES)),
@@ -453,7 +474,9 @@ def field_rules() -> dict[str, Rule]:
         "optimizer.b1": fraction,
         "optimizer.b2": fraction,
         "optimizer.weight_decay": non_negative,
-        "optimizer.freeze": Regex(note="over parameter paths; '' freezes nothing"),
+        "optimizer.freeze": Regex(
+            note="a preset (vision, backbone, all_but_expert) or a regex over parameter paths; '' freezes nothing"
+        ),
     }
     return rules
 

@@ -8,14 +8,20 @@ that ignores either cannot do well. Every episode is the expert of
 :mod:`vla_jax.envs.demo` rolled out in that environment from a recorded seed
 (``episode_metadata/seed``): closed-loop evaluation runs the same task.
 
+A second builder config, ``absolute``, is another robot on the same task, the
+fine-tuning example: its actions are absolute end-effector targets ``[x, y, z,
+gripper]`` (where the gripper is after the step) and it has one camera, the
+table view; 400 training episodes from other scenes (seeds 10,000+).
+
 The dataset is written with tensorflow-datasets as a real RLDS builder directory
-(``vla_demo/<config>/1.0.0``) into a cache dir on first use and reused after.
+(``vla_demo/<config>/<version>``) into a cache dir on first use and reused after.
 A manifest of file sizes and SHA-256 digests, written last, guards the cache:
 a missing or mismatching manifest is reported as a corrupt cache, never read.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import io
@@ -42,6 +48,11 @@ TRAIN_EPISODES = 2000
 VAL_EPISODES = 50
 NUM_SHARDS = 8  # record files per split, so hosts of a multi-host run read disjoint files
 SPLIT_SEEDS = {"train": 0, "val": env_base.VAL_SEED_BASE}  # episode i of a split is the env's seed base + i
+ABSOLUTE = "absolute"  # the builder config of the second robot (absolute targets, one camera)
+CONFIGS = {  # builder config -> (train episodes, val episodes, split seeds)
+    CONFIG_NAME: (TRAIN_EPISODES, VAL_EPISODES, SPLIT_SEEDS),
+    ABSOLUTE: (400, VAL_EPISODES, {"train": 10_000, "val": env_base.VAL_SEED_BASE + 5_000}),
+}
 
 
 def _jpeg(image: np.ndarray) -> bytes:
@@ -80,6 +91,25 @@ def generate_episode(seed: int) -> dict:
     return {"steps": steps, "target_color": episode["target_color"], "block_colors": episode["block_colors"]}
 
 
+def generate_absolute_episode(seed: int) -> dict:
+    """The same rollout as the second robot records it: absolute ``[x, y, z, gripper]`` targets, one camera.
+
+    The target of step ``t`` is where the end effector is after it (the next
+    state's position; the environment clips moves to the table's unit cube).
+    """
+    episode = generate_episode(seed)
+    steps = episode["steps"]
+    for i, step in enumerate(steps):
+        state = step["observation"]["state"]
+        after = steps[i + 1]["observation"]["state"] if i + 1 < len(steps) else None
+        delta = step["action"]
+        position = after[:3] if after is not None else np.clip(state[:3] + delta[:3], 0.0, 1.0)
+        step["action"] = np.array([*position, delta[3]], np.float32)
+        del step["observation"]["wrist_image"]
+    return episode
+
+
+@functools.cache  # TFDS registers the class by name: define it once per process
 def _builder_class():
     """The TFDS builder, defined lazily so that importing this module stays cheap."""
     import tensorflow_datasets as tfds
@@ -88,18 +118,21 @@ def _builder_class():
         """Procedural language-conditioned pick-up task (RLDS)."""
 
         VERSION = tfds.core.Version(VERSION)
-        BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=CONFIG_NAME)]
+        BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=name) for name in CONFIGS]
 
         def _info(self):
             image = tfds.features.Image(shape=(IMAGE_SIZE, IMAGE_SIZE, 3), encoding_format="jpeg")
+            cameras = (
+                {"image": image} if self.builder_config.name == ABSOLUTE else {"image": image, "wrist_image": image}
+            )
+            action = "[x, y, z, gripper] targets" if self.builder_config.name == ABSOLUTE else "[dx, dy, dz, gripper]"
             return self.dataset_info_from_configs(
                 features=tfds.features.FeaturesDict(
                     {
                         "steps": tfds.features.Dataset(
                             {
                                 "observation": {
-                                    "image": image,
-                                    "wrist_image": image,
+                                    **cameras,
                                     "state": tfds.features.Tensor(shape=(4,), dtype=np.float32),
                                 },
                                 "action": tfds.features.Tensor(shape=(4,), dtype=np.float32),
@@ -118,20 +151,19 @@ def _builder_class():
                         },
                     }
                 ),
-                description="vla_jax procedural pick-up demo: state [x, y, z, gripper], action [dx, dy, dz, gripper].",
+                description=f"vla_jax procedural pick-up demo: state [x, y, z, gripper], action {action}.",
             )
 
         def _split_generators(self, dl_manager):
             del dl_manager  # nothing to download
-            return {
-                "train": self._generate_examples("train", TRAIN_EPISODES),
-                "val": self._generate_examples("val", VAL_EPISODES),
-            }
+            train, val, _ = CONFIGS[self.builder_config.name]
+            return {"train": self._generate_examples("train", train), "val": self._generate_examples("val", val)}
 
         def _generate_examples(self, split, num_episodes):
+            absolute = self.builder_config.name == ABSOLUTE
             for index in range(num_episodes):
-                seed = SPLIT_SEEDS[split] + index
-                episode = generate_episode(seed)
+                seed = CONFIGS[self.builder_config.name][2][split] + index
+                episode = generate_absolute_episode(seed) if absolute else generate_episode(seed)
                 key = f"{split}_{index:06d}"
                 yield (
                     key,
@@ -155,10 +187,13 @@ def _file_digests(directory: pathlib.Path) -> dict[str, dict]:
     return digests
 
 
-def generator_fingerprint() -> str:
+def generator_fingerprint(config_name: str = CONFIG_NAME) -> str:
     """Hash of the generator's source: a cache made by other code is not this dataset."""
     source = inspect.getsource(demo_env) + inspect.getsource(generate_episode) + inspect.getsource(_jpeg)
     constants = repr((TRAIN_EPISODES, VAL_EPISODES, NUM_SHARDS, SPLIT_SEEDS))
+    if config_name != CONFIG_NAME:
+        source += inspect.getsource(generate_absolute_episode)
+        constants += repr(CONFIGS[config_name])
     return hashlib.sha256((source + constants).encode()).hexdigest()[:16]
 
 
@@ -173,7 +208,7 @@ def verify_cache(builder_dir: pathlib.Path) -> None:
         expected, generator = manifest["files"], manifest["generator"]
     except (ValueError, KeyError) as e:
         raise DataError(f"demo dataset cache at {builder_dir} is corrupt: unreadable {MANIFEST} ({e}); {fix}") from None
-    if generator != generator_fingerprint():
+    if generator != generator_fingerprint(builder_dir.parent.name):
         raise DataError(f"demo dataset cache at {builder_dir} was made by another version of the generator; {fix}")
     actual = _file_digests(builder_dir)
     for name, want in expected.items():
@@ -187,11 +222,11 @@ def verify_cache(builder_dir: pathlib.Path) -> None:
             )
 
 
-def builder_dir(data_dir: str | os.PathLike) -> pathlib.Path:
-    return pathlib.Path(data_dir) / NAME / CONFIG_NAME / VERSION
+def builder_dir(data_dir: str | os.PathLike, config_name: str = CONFIG_NAME) -> pathlib.Path:
+    return pathlib.Path(data_dir) / NAME / config_name / VERSION
 
 
-def ensure_demo_dataset(data_dir: str | os.PathLike | None = None) -> pathlib.Path:
+def ensure_demo_dataset(data_dir: str | os.PathLike | None = None, config_name: str = CONFIG_NAME) -> pathlib.Path:
     """Returns the demo's RLDS builder dir under ``data_dir``, generating it on first use.
 
     Generation happens in a temporary directory that is renamed into place only
@@ -199,7 +234,9 @@ def ensure_demo_dataset(data_dir: str | os.PathLike | None = None) -> pathlib.Pa
     that could be mistaken for a dataset.
     """
     data_dir = pathlib.Path(data_dir) if data_dir else cache_dir() / "datasets"
-    target = builder_dir(data_dir)
+    if config_name not in CONFIGS:
+        raise DataError(f"demo dataset: no builder config {config_name!r}; it has {sorted(CONFIGS)}")
+    target = builder_dir(data_dir, config_name)
     if target.exists():
         verify_cache(target)
         return target
@@ -209,12 +246,13 @@ def ensure_demo_dataset(data_dir: str | os.PathLike | None = None) -> pathlib.Pa
         import tensorflow_datasets as tfds
 
         tfds.disable_progress_bar()
-        print(f"vla_jax: generating the demo dataset into {target} (once)", flush=True)
-        builder = _builder_class()(data_dir=str(staging), config=CONFIG_NAME)
+        print(f"vla_jax: generating the demo dataset ({config_name}) into {target} (once)", flush=True)
+        builder = _builder_class()(data_dir=str(staging), config=config_name)
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(num_shards=NUM_SHARDS))
         built = pathlib.Path(builder.data_dir)
         manifest = {
-            "name": NAME, "version": VERSION, "generator": generator_fingerprint(), "files": _file_digests(built),
+            "name": NAME, "version": VERSION, "generator": generator_fingerprint(config_name),
+            "files": _file_digests(built),
         }  # fmt: skip
         (built / MANIFEST).write_text(json.dumps(manifest, indent=1))
         try:

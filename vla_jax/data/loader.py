@@ -115,13 +115,13 @@ def resolve_builder_dir(spec: DatasetSpec, data_dir: str) -> pathlib.Path:
     cache dir; any other dataset needs an explicit ``data_dir``.
     """
     if not data_dir:
-        if spec.name == demo.NAME:
-            return demo.ensure_demo_dataset()
+        if spec.rlds_name == demo.NAME:
+            return demo.ensure_demo_dataset(config_name=spec.config_name)
         raise ConfigError(f"dataset {spec.name!r} needs data.data_dir (the directory holding {spec.rlds_name}/)")
     path, problem = locate_builder_dir(spec, data_dir)
     if problem is not None:
         raise DataError(f"{problem[1]} (config key data.data_dir)")
-    if spec.name == demo.NAME:
+    if spec.rlds_name == demo.NAME:
         demo.verify_cache(path)
     return path
 

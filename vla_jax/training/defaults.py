@@ -36,6 +36,14 @@ def run_config(**overrides) -> ml_collections.ConfigDict:
     c.closed_loop.seed = 0  # which held-out seeds (vla-jax eval --seed)
     c.closed_loop.decoder = ""  # "flow" or "fast"; "": the policy's default (flow where the model has it)
 
+    # Start from another run's parameters (a fine-tune; vla_jax.training.init): source "" is a fresh start.
+    c.init = ml_collections.ConfigDict()
+    c.init.source = ""  # a training workdir or a release directory (vla-jax export)
+    c.init.step = 0  # the workdir's checkpoint step; 0: its latest
+    c.init.load = ".*"  # parameters taken from the source, by path (e.g. "backbone/layers/0/attention/query")
+    c.init.reinit = ""  # parameters started fresh although the source has them; "": none
+    c.init.action_space_from = ""  # a trained action space whose router rows a new action space copies
+
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1, "expert": 1})
     c.sharding = ml_collections.ConfigDict()
     c.sharding.rules = sharding.DEFAULT_RULES

@@ -5,7 +5,8 @@ decay to ``end_lr``; "rsqrt": warmup then ``peak_lr * sqrt(warmup / step)``;
 "constant": warmup then ``peak_lr``), ``peak_lr``, ``end_lr``,
 ``warmup_steps``, ``clip_norm``, ``b1``, ``b2``, ``weight_decay`` (not on
 vectors: norms, biases), ``freeze`` (a regex; parameters whose path, joined by
-``/``, matches it get no update and no optimizer state).
+``/``, matches it get no update and no optimizer state; or a preset name of
+``FREEZE_PRESETS``: ``vision``, ``backbone``, ``all_but_expert``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def optimizer_config(**overrides) -> ml_collections.ConfigDict:
     c.b1 = 0.9
     c.b2 = 0.95
     c.weight_decay = 1e-10
-    c.freeze = ""  # regex over parameter paths, e.g. "^vit/" (see `vla-jax model summary` for module names)
+    c.freeze = ""  # a preset ("vision", "backbone", "all_but_expert") or a regex over parameter paths, e.g. "^vit/"
     c.update(overrides)
     return c
 
@@ -68,6 +69,19 @@ def param_path(path) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
 
 
+# optimizer.freeze presets (a name here, or any regex over parameter paths).
+FREEZE_PRESETS = {
+    "vision": r"^(vit|image_proj)/",  # the image encoder and its projection into the backbone
+    "backbone": r"^(vit|image_proj|backbone)/|^embed$",  # the whole VLM: image encoder, backbone, token embeddings
+    "all_but_expert": r"^(?!action_expert/)",  # everything but the flow-matching action expert
+}
+
+
+def freeze_pattern(freeze: str) -> str:
+    """The regex of ``optimizer.freeze``: a preset's, or the value itself."""
+    return FREEZE_PRESETS.get(freeze, freeze)
+
+
 def frozen_labels(params, pattern: str):
     """``"frozen"`` / ``"trained"`` per parameter; frozen when ``re.search(pattern, path)``."""
     regex = re.compile(pattern) if pattern else None
@@ -78,7 +92,7 @@ def frozen_labels(params, pattern: str):
 
 def check_freeze_matches(config: ml_collections.ConfigDict, params) -> None:
     """A freeze regex that matches no parameter is a ConfigError naming it (a typo would train everything)."""
-    pattern = config.freeze
+    pattern = freeze_pattern(config.freeze)
     if not pattern:
         return
     try:
@@ -106,7 +120,7 @@ def make_optimizer(config: ml_collections.ConfigDict, num_steps: int) -> optax.G
             mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params),
         ),
     )
-    pattern = config.freeze
+    pattern = freeze_pattern(config.freeze)
     if not pattern:
         return trained
     try:

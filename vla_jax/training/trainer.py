@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -31,7 +32,9 @@ from vla_jax.models.vla import VLA, build_model, dropless, uses_fast, uses_flow
 from vla_jax.observation import IOShapes
 from vla_jax.tokenizers import build
 from vla_jax.tokenizers.prompt import PromptTokenizer
+from vla_jax.tokenizers.text import SentencePieceTokenizer
 from vla_jax.training import checkpoint, metrics, optimizer, state, step
+from vla_jax.training import init as init_lib
 from vla_jax.training import summary as summary_lib
 
 
@@ -245,9 +248,15 @@ def make_eval_steps(
 
 
 def prepare_prompt_tokenizer(
-    config: ml_collections.ConfigDict, mix: loader.DataMixture, workdir: pathlib.Path
+    config: ml_collections.ConfigDict,
+    mix: loader.DataMixture,
+    workdir: pathlib.Path,
+    start_files: dict[str, bytes] | None = None,
 ) -> PromptTokenizer:
     """The run's prompt tokenizer: from ``workdir/tokenizers`` when resuming, else made and saved there.
+
+    ``start_files`` (a fine-tune's source tokenizers, see ``training.init``)
+    are written first; what they leave missing is fit.
 
     Process 0 fits (or loads) the tokenizers and writes them; the other processes
     read them from the (shared) workdir, so every host uses the same ones
@@ -264,13 +273,19 @@ def prepare_prompt_tokenizer(
     }
     last_file = build.ACTION_FILE if with_actions else build.TEXT_FILE  # written last: it marks the set complete
     if jax.process_index() == 0 and not (directory / last_file).exists():
+        for name in sorted(start_files or {}, key=lambda name: name == last_file):  # a fine-tune's source's files
+            write_atomically(directory / name, start_files[name])
+    if jax.process_index() == 0 and not (directory / last_file).exists():
         sample = loader.action_chunks(mix, config.data, split="train", max_chunks=tok.fit_chunks, seed=config.seed)
         actions = None
         if with_actions and tok.action_file:
             actions = build.load_action_file(tok.action_file, **shape)
         elif with_actions:
             actions = build.fit_action_tokenizer(tok, sample["actions"], config.data.normalization)
-        text = build.text_tokenizer(tok, lambda: sample["instruction"])
+        if (directory / build.TEXT_FILE).exists():  # the source's text model
+            text = SentencePieceTokenizer.from_file(directory / build.TEXT_FILE)
+        else:
+            text = build.text_tokenizer(tok, lambda: sample["instruction"])
         check_prompt_length(build.prompt_tokenizer(tok, text, actions), sample, mix.state_dim)
         files = build.files_to_bytes(text, actions)
         for name in sorted(files, key=lambda name: name == last_file):
@@ -481,6 +496,7 @@ class Run:
     preemption: PreemptionFlag
     last_saved: int | None = None
     closed_loop: ClosedLoopHook | None = None
+    kept_statistics: dict = dataclasses.field(default_factory=dict)  # a fine-tune's source's, of other datasets
 
 
 def start(
@@ -512,18 +528,28 @@ def start(
     if is_main:
         (workdir / "config.json").write_text(config_lib.to_json(config))
     layout, tx = run.layout, run.optimizer
-    train_state = state.init_state(run.model_fn, tx, layout) if restored is None else restored["state"]
+    start_files, kept_statistics = {}, {}
+    if restored is not None:
+        train_state = restored["state"]
+        new_names = {s.spec.name for s in run.data.sources}
+        kept_statistics = {k: v for k, v in restored["dataset_statistics"].items() if k not in new_names}
+    else:
+        train_state = state.init_state(run.model_fn, tx, layout)
+        if config.init.source:
+            train_state, start_files, kept_statistics = initialize_from_source(config, run, workdir, train_state)
     start_step = int(jax.device_get(train_state["step"]))
     if is_main:
         num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(layout.abstract["params"]))
         origin = f"resumed from step {start_step}" if restored is not None else "fresh start"
+        if restored is None and config.init.source:
+            origin = f"fresh start from the parameters of {config.init.source}"
         print(
             f"vla_jax: {jax.process_count()} processes, {jax.device_count()} devices, mesh {dict(run.mesh.shape)}, "
             f"{num_params:,} params ({layout.replicated_fraction:.1%} of bytes replicated), {origin}, "
             f"training to step {end_step}",
             flush=True,
         )
-    prompt = prepare_prompt_tokenizer(config, run.data, workdir)
+    prompt = prepare_prompt_tokenizer(config, run.data, workdir, start_files)
     tokenizer_files = {p.name: p.read_bytes() for p in sorted((workdir / TOKENIZER_DIR).iterdir())}
     prompt_actions = uses_fast(config.model.mode)  # flow mode's prompts have no action postfix
     data, batch_sharding = run.data, run.batch_sharding
@@ -565,15 +591,44 @@ def start(
     return Run(
         config, workdir, run, ckpt, train_state, start_step, prompt, tokenizer_files, train_step, eval_steps,
         loss_step, val_global, batches, writer, preemption, last_saved=start_step if restored is not None else None,
-        closed_loop=closed_loop,
+        closed_loop=closed_loop, kept_statistics=kept_statistics,
     )  # fmt: skip
+
+
+def initialize_from_source(
+    config: ml_collections.ConfigDict, run: Setup, workdir: pathlib.Path, train_state: dict
+) -> tuple[dict, dict[str, bytes], dict]:
+    """A fresh train state with ``config.init.source``'s parameters put in (``training.init``).
+
+    Returns the state, the source's tokenizer files the run starts with and the
+    source's statistics of datasets not in this mixture (kept in checkpoints).
+    The report goes to the console and ``workdir/init_report.json``.
+    """
+    found = embodiment.embodiments(run.data, config.data)
+    new_spaces = sorted({e.action_space for e in found.values()})
+    source = init_lib.open_source(config.init.source, config.init.step)
+    params, report = init_lib.initialize(config.init, source, train_state["params"], run.io, new_spaces)
+    start_files = init_lib.tokenizer_files(source, config, run.io.action_dim, uses_fast(config.model.mode))
+    report["tokenizers"] = {
+        name: "source" if name in start_files else "new" for name in (build.TEXT_FILE, build.ACTION_FILE)
+    }
+    new_names = {s.spec.name for s in run.data.sources}
+    kept = {k: v for k, v in source.statistics.items() if k not in new_names}
+    report["statistics"] = {"new": sorted(new_names), "kept_from_source": sorted(kept)}
+    train_state = dict(train_state, params=params)
+    if "ema" in train_state:
+        train_state["ema"] = jax.tree.map(jnp.copy, params)
+    if jax.process_index() == 0:
+        write_atomically(workdir / init_lib.REPORT_FILE, (json.dumps(report, indent=1) + "\n").encode())
+        print(init_lib.format_report(report), flush=True)
+    return train_state, start_files, kept
 
 
 def policy_items(run: Run) -> dict:
     """What a policy is made of besides its parameters, as a checkpoint stores it (``inference.bundle``)."""
     return {
         "config": run.config.to_dict(),
-        "dataset_statistics": run.setup.data.statistics_json(),
+        "dataset_statistics": {**run.kept_statistics, **run.setup.data.statistics_json()},
         "tokenizers": run.tokenizer_files,
         "policy": policy_description(run.config, run.setup),
     }
@@ -590,16 +645,16 @@ class NonFiniteError(VlaJaxError):
 
 
 def _save(run: Run, at_step: int, force: bool) -> None:
-    config = run.config
+    items = policy_items(run)
     saved = run.ckpt.save(
         run.state,
         step=at_step,
-        config=config.to_dict(),
-        statistics=run.setup.data.statistics_json(),
-        data_seed=config.seed,
-        tokenizers=run.tokenizer_files,
-        policy=policy_description(run.config, run.setup),
-        frames_consumed=at_step * config.batch_size,
+        config=items["config"],
+        statistics=items["dataset_statistics"],
+        data_seed=run.config.seed,
+        tokenizers=items["tokenizers"],
+        policy=items["policy"],
+        frames_consumed=at_step * run.config.batch_size,
         force=force,
     )
     if saved:
