@@ -179,3 +179,12 @@ def test_freeze_presets_leave_their_parameters_untouched(source, tmp_path):
         }
         assert frozen and not any(changed[path] for path in frozen), preset
         assert any(changed[path] for path in set(before) - frozen), preset
+
+
+def test_the_dry_run_counts_what_a_freeze_preset_leaves_trainable(demo_dir):
+    everything = trainer.dry_run(debug_config())
+    vision = trainer.dry_run(debug_config("optimizer.freeze=vision"))
+    by_module = everything["params_by_module"]
+    assert everything["params_trainable"] == everything["params_total"]
+    assert vision["params_trainable"] == everything["params_total"] - by_module["vit"] - by_module["image_proj"]
+    assert vision["optimizer_bytes_per_device"] < everything["optimizer_bytes_per_device"]

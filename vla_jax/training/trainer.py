@@ -397,7 +397,13 @@ def dry_run(config: ml_collections.ConfigDict) -> dict:
     io = io_shapes(config)  # opens the mixture once for both uses
     result = summarize_config(config, io=io)
     abstract_model = nnx.eval_shape(lambda: build_model(config.model, io, config.seed))
-    optimizer.check_freeze_matches(config.optimizer, nnx.to_pure_dict(nnx.state(abstract_model, nnx.Param)))
+    abstract_params = nnx.to_pure_dict(nnx.state(abstract_model, nnx.Param))
+    optimizer.check_freeze_matches(config.optimizer, abstract_params)
+    labels = optimizer.frozen_labels(abstract_params, optimizer.freeze_pattern(config.optimizer.freeze))
+    sizes = jax.tree.map(lambda p: int(np.prod(p.shape)), abstract_params)
+    result["params_trainable"] = sum(
+        n for n, label in zip(jax.tree.leaves(sizes), jax.tree.leaves(labels)) if label == "trained"
+    )
     mesh = sharding.abstract_mesh(dict(config.mesh))
     ema = result["param_bytes_per_device"] if config.ema_decay > 0 else 0
     result["ema_bytes_per_device"] = ema
@@ -413,6 +419,8 @@ def format_dry_run(result: dict) -> str:
     gib = 2**30
     return (
         summary_lib.format_summary(result)
+        + f"\ntrainable: {result['params_trainable']:,} of {result['params_total']:,} params "
+        f"({result['params_trainable'] / max(result['params_total'], 1):.1%})"
         + f"\nper device: train state {result['state_bytes_per_device'] / gib:.2f} GiB "
         f"(EMA {result['ema_bytes_per_device'] / gib:.2f}), with gradients about "
         f"{result['peak_bytes_estimate_per_device'] / gib:.2f} GiB before activations; "
