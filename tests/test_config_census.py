@@ -46,6 +46,9 @@ REFUSED = [
     ("init.load=vit/(", None),
     ("init.reinit=[", None),
     ("init.action_space_from=joints", None),
+    ("model.lora.rank=-1", None),
+    ("model.lora.alpha=0", None),
+    ("model.lora.targets=()", None),
     ("closed_loop.env=moon", None),
     ("closed_loop.episodes=0", None),
     ("closed_loop.num_envs=0", None),
@@ -205,6 +208,7 @@ REFUSED = [
 ACCEPTED = [
     ("init.load=^(vit|image_proj)/", None),
     ("optimizer.freeze=all_but_expert", None),
+    ("model.lora.rank=8", None),
     ("closed_loop.env=demo", None),
     ("closed_loop.execute_steps=4", None),
     ("closed_loop.decoder=fast", None),
@@ -374,6 +378,7 @@ def test_accepted_augmentation(cameras, augment, warning):
         (("model.mode=flow", "model.flow.knowledge_insulation=True"), "model.flow.knowledge_insulation"),
         (("model.mode=flow", "tokenizer.vocab_size=1000"), "tokenizer.vocab_size"),
         (("tokenizer.text_vocab_size=2000", "tokenizer.vocab_size=2100"), "tokenizer.vocab_size"),
+        (("optimizer.freeze=all_but_lora",), "optimizer.freeze"),
     ],
 )
 def test_refused_combinations(overrides, field):

@@ -349,6 +349,7 @@ def field_rules() -> dict[str, Rule]:
     from vla_jax.envs import base as env_base
     from vla_jax.envs import registry as env_registry
     from vla_jax.models import moe
+    from vla_jax.models.lora import TARGETS as lora_targets
     from vla_jax.models.vla import DTYPES, MODES, REMAT_POLICIES
     from vla_jax.tokenizers.config import ACTION_KINDS
     from vla_jax.training.optimizer import SCHEDULES
@@ -460,6 +461,10 @@ def field_rules() -> dict[str, Rule]:
         "model.expert.moe.hb_capacity_factor": positive,
         "model.expert.moe.hb_balance_weight": non_negative,
         "model.expert.moe.hb_z_loss_weight": non_negative,
+        "model.lora.rank": Int(0, note="0: no LoRA"),
+        "model.lora.alpha": positive,
+        "model.lora.targets": Names(tuple(lora_targets), non_empty=True),
+        "model.lora.rslora": Bool(),
         "model.flow.num_steps": Int(1),
         "model.flow.loss_weight": positive,
         "model.flow.knowledge_insulation": Bool(),
@@ -475,7 +480,7 @@ def field_rules() -> dict[str, Rule]:
         "optimizer.b2": fraction,
         "optimizer.weight_decay": non_negative,
         "optimizer.freeze": Regex(
-            note="a preset (vision, backbone, all_but_expert) or a regex over parameter paths; '' freezes nothing"
+            note="a preset (vision, backbone, all_but_expert, all_but_lora) or a regex over parameter paths; '' freezes nothing"
         ),
     }
     return rules
@@ -661,6 +666,12 @@ def _check_model_shapes(config, ctx: Context) -> list[str]:
 
     model = config.model
     vit, bb, experts = model.vit, model.backbone, model.expert.moe
+    if config.optimizer.freeze == "all_but_lora" and not model.lora.rank:
+        raise _fail(
+            "optimizer.freeze",
+            "all_but_lora",
+            "another preset or regex while model.lora.rank is 0 (without LoRA pairs it would freeze every parameter)",
+        )
     if vit.width % vit.num_heads:
         raise _fail("model.vit.num_heads", vit.num_heads, f"a divisor of model.vit.width ({vit.width})")
     size = config.data.image_size

@@ -21,6 +21,7 @@ a missing or mismatching manifest is reported as a corrupt cache, never read.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import inspect
@@ -29,6 +30,7 @@ import json
 import os
 import pathlib
 import shutil
+import sys
 import tempfile
 
 import numpy as np
@@ -192,6 +194,8 @@ def generator_fingerprint(config_name: str = CONFIG_NAME) -> str:
     source = inspect.getsource(demo_env) + inspect.getsource(generate_episode) + inspect.getsource(_jpeg)
     constants = repr((TRAIN_EPISODES, VAL_EPISODES, NUM_SHARDS, SPLIT_SEEDS))
     if config_name != CONFIG_NAME:
+        if config_name not in CONFIGS:
+            return f"unknown config {config_name!r}"
         source += inspect.getsource(generate_absolute_episode)
         constants += repr(CONFIGS[config_name])
     return hashlib.sha256((source + constants).encode()).hexdigest()[:16]
@@ -208,7 +212,7 @@ def verify_cache(builder_dir: pathlib.Path) -> None:
         expected, generator = manifest["files"], manifest["generator"]
     except (ValueError, KeyError) as e:
         raise DataError(f"demo dataset cache at {builder_dir} is corrupt: unreadable {MANIFEST} ({e}); {fix}") from None
-    if generator != generator_fingerprint(builder_dir.parent.name):
+    if generator != generator_fingerprint(manifest.get("config", CONFIG_NAME)):
         raise DataError(f"demo dataset cache at {builder_dir} was made by another version of the generator; {fix}")
     actual = _file_digests(builder_dir)
     for name, want in expected.items():
@@ -246,12 +250,14 @@ def ensure_demo_dataset(data_dir: str | os.PathLike | None = None, config_name: 
         import tensorflow_datasets as tfds
 
         tfds.disable_progress_bar()
-        print(f"vla_jax: generating the demo dataset ({config_name}) into {target} (once)", flush=True)
-        builder = _builder_class()(data_dir=str(staging), config=config_name)
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(num_shards=NUM_SHARDS))
+        # Progress goes to stderr (TFDS prints its own lines too): stdout may be a command's --json output.
+        with contextlib.redirect_stdout(sys.stderr):
+            print(f"vla_jax: generating the demo dataset ({config_name}) into {target} (once)", flush=True)
+            builder = _builder_class()(data_dir=str(staging), config=config_name)
+            builder.download_and_prepare(download_config=tfds.download.DownloadConfig(num_shards=NUM_SHARDS))
         built = pathlib.Path(builder.data_dir)
         manifest = {
-            "name": NAME, "version": VERSION, "generator": generator_fingerprint(config_name),
+            "name": NAME, "version": VERSION, "config": config_name, "generator": generator_fingerprint(config_name),
             "files": _file_digests(built),
         }  # fmt: skip
         (built / MANIFEST).write_text(json.dumps(manifest, indent=1))

@@ -23,9 +23,10 @@ from vla_jax.data.statistics import DatasetStatistics
 from vla_jax.errors import CheckpointError
 from vla_jax.models.vla import VLA, build_model, dropless
 from vla_jax.observation import IOShapes
-from vla_jax.training import checkpoint, state
+from vla_jax.training import checkpoint, release_layout, state
 
-RELEASE_FILE = "release.json"
+RELEASE_FILE = release_layout.RELEASE_FILE
+is_release = release_layout.is_release
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,10 +126,6 @@ def load_checkpoint(workdir: str | pathlib.Path, step: int | None = None, device
         )
     finally:
         ckpt.close()
-
-
-def is_release(path: str | pathlib.Path) -> bool:
-    return (pathlib.Path(path) / RELEASE_FILE).is_file()
 
 
 def load(path: str | pathlib.Path, step: int | None = None, devices=None) -> PolicyBundle:

@@ -8,7 +8,8 @@ Layout::
     dataset_statistics.json    per-dataset statistics with their normalization mode
     policy.json                the model's input shapes and each dataset's embodiment
     tokenizers/                the run's tokenizer files
-    params/                    the parameters (EMA when the run kept them), Orbax
+    params/                    the parameters (EMA when the run kept them), Orbax; LoRA pairs folded in
+                               (config.json then has model.lora.rank 0)
 
 The directory is written under a temporary name and renamed when complete, so
 a partial export is never taken for a release. Loading checks every listed
@@ -18,39 +19,27 @@ file's digest first: a corrupt, partial or foreign directory is one error line.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import pathlib
 import shutil
 
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
 import vla_jax
 from vla_jax.errors import CheckpointError
 from vla_jax.inference import bundle as bundle_lib
+from vla_jax.models import lora as lora_lib
 from vla_jax.models import presets
+from vla_jax.training import release_layout
 
-FORMAT = "vla_jax.release"
-FORMAT_VERSION = 1
-PARAMS_DIR = "params"
-TOKENIZER_DIR = "tokenizers"
-
-
-def _sha256(path: pathlib.Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _listing(root: pathlib.Path) -> dict[str, str]:
-    """``relative path -> sha256`` of every file under ``root`` except ``release.json``."""
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != bundle_lib.RELEASE_FILE)
-    return {p.relative_to(root).as_posix(): _sha256(p) for p in files}
+# The layout and its check live in training.release_layout (a fine-tune reads releases too).
+FORMAT, FORMAT_VERSION = release_layout.FORMAT, release_layout.FORMAT_VERSION
+PARAMS_DIR, TOKENIZER_DIR = release_layout.PARAMS_DIR, release_layout.TOKENIZER_DIR
+verify = release_layout.verify
 
 
 def matching_preset(model_config) -> str:
@@ -104,8 +93,14 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path, step: int | Non
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    config, params = parts.config, parts.params
+    merged_lora = lora_lib.enabled(config.model.get("lora"))
+    if merged_lora:  # fold each LoRA pair into its weight: the release is a plain model
+        params = lora_lib.merge(jax.tree.map(np.asarray, jax.device_get(params)), config.model.lora)
+        config = ml_collections.ConfigDict(config.to_dict())
+        config.model.lora.rank = 0
     try:
-        (tmp / "config.json").write_text(bundle_lib.json_text(parts.config.to_dict()))
+        (tmp / "config.json").write_text(bundle_lib.json_text(config.to_dict()))
         stats = {name: s.to_json() for name, s in parts.statistics.items()}
         (tmp / "dataset_statistics.json").write_text(bundle_lib.json_text(stats))
         description = {
@@ -116,12 +111,15 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path, step: int | Non
         (tmp / TOKENIZER_DIR).mkdir()
         for name, data in parts.tokenizer_files.items():
             (tmp / TOKENIZER_DIR / name).write_bytes(data)
-        host_params = jax.tree.map(np.asarray, jax.device_get(parts.params))
+        host_params = jax.tree.map(np.asarray, jax.device_get(params))
         checkpointer = ocp.StandardCheckpointer()
         checkpointer.save(tmp / PARAMS_DIR, host_params)
         checkpointer.wait_until_finished()
         checkpointer.close()
-        summary = dict(release_summary(parts), source=str(parts.source), files=_listing(tmp))
+        summary = dict(
+            release_summary(parts), source=str(parts.source), lora_merged=merged_lora, files=release_layout.listing(tmp)
+        )
+        summary["num_params"] = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(host_params))
         (tmp / bundle_lib.RELEASE_FILE).write_text(bundle_lib.json_text(summary))
         if out.exists():
             out.rmdir()
@@ -129,36 +127,6 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path, step: int | Non
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return summary
-
-
-def verify(path: str | pathlib.Path) -> dict:
-    """``release.json`` of a complete, intact release; CheckpointError naming the first problem otherwise."""
-    root = pathlib.Path(path)
-    manifest = root / bundle_lib.RELEASE_FILE
-    try:
-        summary = json.loads(manifest.read_text())
-    except (OSError, ValueError) as error:
-        raise CheckpointError(
-            f"{root}: {bundle_lib.RELEASE_FILE} is unreadable ({error}); not a vla-jax release"
-        ) from None
-    if not isinstance(summary, dict) or summary.get("format") != FORMAT:
-        raise CheckpointError(f"{root}: {bundle_lib.RELEASE_FILE} is not a {FORMAT} manifest (a foreign directory?)")
-    if summary.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{root}: release format version {summary.get('format_version')!r}; this vla_jax reads {FORMAT_VERSION}"
-        )
-    listed = summary.get("files") or {}
-    for name, digest in sorted(listed.items()):
-        file = root / name
-        if not file.is_file():
-            raise CheckpointError(f"{root}: file {name} of the release is missing (a partial copy?)")
-        if _sha256(file) != digest:
-            raise CheckpointError(
-                f"{root}: file {name} does not match its sha256 in {bundle_lib.RELEASE_FILE} (corrupt)"
-            )
-    if not any(name.startswith(f"{PARAMS_DIR}/") for name in listed):
-        raise CheckpointError(f"{root}: {bundle_lib.RELEASE_FILE} lists no parameter files")
     return summary
 
 

@@ -70,17 +70,27 @@ class RMSNorm(nnx.Module):
 class GatedMLP(nnx.Module):
     """``down(act(x @ gate) * (x @ up))``: GeGLU with ``gelu``, SwiGLU with ``swish``; no biases."""
 
-    def __init__(self, width: int, hidden: int, *, activation: str, rngs: nnx.Rngs, dtype=jnp.float32):
+    def __init__(self, width: int, hidden: int, *, activation: str, rngs: nnx.Rngs, dtype=jnp.float32, lora_pair=None):
+        """``lora_pair(in_shape, out_shape, in_axes, out_axes)``: a LoRA pair per weight (``vla_jax.models.lora``)."""
         init = nnx.initializers.lecun_normal()
         self.gate = param(rngs, init, (width, hidden), ("embed", "mlp"))
         self.up = param(rngs, init, (width, hidden), ("embed", "mlp"))
         self.down = param(rngs, init, (hidden, width), ("mlp", "embed"))
         self.activation, self.dtype = activation, dtype
+        if lora_pair is not None:
+            self.gate_lora = lora_pair((width,), (hidden,), ("embed",), ("mlp",))
+            self.up_lora = lora_pair((width,), (hidden,), ("embed",), ("mlp",))
+            self.down_lora = lora_pair((hidden,), (width,), ("mlp",), ("embed",))
+        else:
+            self.gate_lora = self.up_lora = self.down_lora = None
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x.astype(self.dtype)
         gate, up, down = (w[...].astype(self.dtype) for w in (self.gate, self.up, self.down))
-        return jnp.dot(ACTIVATIONS[self.activation](jnp.dot(x, gate)) * jnp.dot(x, up), down)
+        if self.gate_lora is None:
+            return jnp.dot(ACTIVATIONS[self.activation](jnp.dot(x, gate)) * jnp.dot(x, up), down)
+        hidden = ACTIVATIONS[self.activation](jnp.dot(x, gate) + self.gate_lora(x)) * (jnp.dot(x, up) + self.up_lora(x))
+        return jnp.dot(hidden, down) + self.down_lora(hidden)
 
 
 def rotary(x: jax.Array, positions: jax.Array, max_wavelength: float = 10_000.0) -> jax.Array:

@@ -68,8 +68,8 @@ def default_plan(depth: int) -> tuple[str, ...]:
 class DenseFFN(nnx.Module):
     """A gated MLP with the MoE blocks' call signature."""
 
-    def __init__(self, width: int, hidden: int, *, activation: str, rngs: nnx.Rngs, dtype=jnp.float32):
-        self.mlp = GatedMLP(width, hidden, activation=activation, rngs=rngs, dtype=dtype)
+    def __init__(self, width: int, hidden: int, *, activation: str, rngs: nnx.Rngs, dtype=jnp.float32, lora_pair=None):
+        self.mlp = GatedMLP(width, hidden, activation=activation, rngs=rngs, dtype=dtype, lora_pair=lora_pair)
 
     def __call__(self, x: jax.Array, routing: dict | None = None) -> tuple[jax.Array, dict]:
         return self.mlp(x), {}

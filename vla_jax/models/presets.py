@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from vla_jax.models.lora import lora_config
 from vla_jax.observation import IOShapes
 
 PRESETS = ("tiny", "small", "paligemma_himoe")
@@ -48,6 +49,7 @@ def _config(mode: str, vit: dict, backbone: dict, expert: dict, moe: dict) -> ml
     c.expert = ml_collections.ConfigDict(expert)
     c.expert.plan = ()  # per-layer "as" / "hb" / "dense"; empty: moe.default_plan(backbone.depth)
     c.expert.moe = _moe(**moe)
+    c.lora = lora_config()  # LoRA on the backbone (vla_jax.models.lora); rank 0: off
     c.flow = ml_collections.ConfigDict()
     c.flow.num_steps = 10  # Euler steps at inference
     c.flow.loss_weight = 1.0

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vla_jax import sharding
+from vla_jax.models import lora as lora_lib
 from vla_jax.models.layers import RMSNorm, param, rotary
 
 KeyValue = tuple[jax.Array, jax.Array]  # each [B, S, kv_heads, head_dim]
@@ -61,6 +62,7 @@ class DecoderLayer(nnx.Module):
         *,
         rngs: nnx.Rngs,
         dtype=jnp.float32,
+        lora=None,
     ):
         if num_heads % num_kv_heads:
             raise ValueError(f"num_heads {num_heads} is not a multiple of num_kv_heads {num_kv_heads}")
@@ -74,11 +76,27 @@ class DecoderLayer(nnx.Module):
         self.mlp_norm = RMSNorm(width, rngs=rngs)
         self.ffn = ffn
         self.dtype = dtype
+        if lora_lib.targets(lora, "attention"):  # see vla_jax.models.lora
+            pair = lambda heads, axis: lora_lib.LoRA(  # noqa: E731
+                (width,), (heads, head_dim), ("embed",), (axis, "head_dim"), lora, rngs=rngs, dtype=dtype
+            )
+            self.query_lora, self.key_lora = pair(num_heads, "heads"), pair(num_kv_heads, "kv_heads")
+            self.value_lora = pair(num_kv_heads, "kv_heads")
+            self.out_lora = lora_lib.LoRA(
+                (num_heads, head_dim), (width,), ("heads", "head_dim"), ("embed",), lora, rngs=rngs, dtype=dtype
+            )
+        else:
+            self.query_lora = self.key_lora = self.value_lora = self.out_lora = None
 
     def __call__(self, x, positions, mask, context, cache, write_at, routing):
         h = self.attention_norm(x).astype(self.dtype)
-        project = lambda w: jnp.einsum("bnd,dhk->bnhk", h, w[...].astype(self.dtype))  # noqa: E731
-        q, k, v = rotary(project(self.query), positions), rotary(project(self.key), positions), project(self.value)
+
+        def project(w, pair):
+            y = jnp.einsum("bnd,dhk->bnhk", h, w[...].astype(self.dtype))
+            return y if pair is None else y + pair(h)
+
+        q = rotary(project(self.query, self.query_lora), positions)
+        k, v = rotary(project(self.key, self.key_lora), positions), project(self.value, self.value_lora)
         if cache is not None:
             k = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), write_at, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), write_at, axis=1)
@@ -87,7 +105,8 @@ class DecoderLayer(nnx.Module):
             keys = jnp.concatenate([context[0].astype(k.dtype), k], axis=1)
             values = jnp.concatenate([context[1].astype(v.dtype), v], axis=1)
         attended = attend(q, keys, values, mask)
-        x = x + jnp.einsum("bnhk,hkd->bnd", attended, self.out[...].astype(self.dtype))
+        out = jnp.einsum("bnhk,hkd->bnd", attended, self.out[...].astype(self.dtype))
+        x = x + (out if self.out_lora is None else out + self.out_lora(attended))
         y, aux = self.ffn(self.mlp_norm(x), routing)
         x = sharding.constrain(x + y.astype(x.dtype), ("batch", None, "embed"))
         return x, (k, v), aux
@@ -107,9 +126,14 @@ class Decoder(nnx.Module):
         rngs: nnx.Rngs,
         dtype=jnp.float32,
         remat: Callable | None = None,
+        lora=None,
     ):
+        """``lora``: a ``model.lora`` config (LoRA on the attention projections when it targets them)."""
         self.layers = nnx.List(
-            [DecoderLayer(width, num_heads, num_kv_heads, head_dim, ffn, rngs=rngs, dtype=dtype) for ffn in ffns]
+            [
+                DecoderLayer(width, num_heads, num_kv_heads, head_dim, ffn, rngs=rngs, dtype=dtype, lora=lora)
+                for ffn in ffns
+            ]
         )
         self.norm = RMSNorm(width, rngs=rngs)
         self.remat = remat

@@ -31,6 +31,7 @@ from flax import nnx
 
 from vla_jax import sharding
 from vla_jax.errors import ConfigError
+from vla_jax.models import lora as lora_lib
 from vla_jax.models import moe
 from vla_jax.models.action_expert import ActionExpert, euler_sample, noisy_chunks, start_noise
 from vla_jax.models.layers import Dense, param
@@ -79,8 +80,17 @@ class VLA(nnx.Module):
         embed_init = nnx.initializers.normal(bb.width**-0.5)
         self.embed = param(rngs, embed_init, (io.text_vocab_size, bb.width), ("vocab", "embed"))
         attention = (bb.num_heads, bb.num_kv_heads, bb.head_dim)
-        ffns = [moe.DenseFFN(bb.width, bb.mlp_dim, activation="gelu", rngs=rngs, dtype=dtype) for _ in range(bb.depth)]
-        self.backbone = Decoder(bb.width, *attention, ffns, rngs=rngs, dtype=dtype, remat=remat)
+        lora = model.get("lora")
+        lora_pair = (
+            functools.partial(lora_lib.LoRA, cfg=lora, rngs=rngs, dtype=dtype)
+            if lora_lib.targets(lora, "mlp")
+            else None
+        )
+        ffns = [
+            moe.DenseFFN(bb.width, bb.mlp_dim, activation="gelu", rngs=rngs, dtype=dtype, lora_pair=lora_pair)
+            for _ in range(bb.depth)
+        ]
+        self.backbone = Decoder(bb.width, *attention, ffns, rngs=rngs, dtype=dtype, remat=remat, lora=lora)
         if uses_flow(self.mode):
             self.action_expert = ActionExpert(
                 model.expert, bb, action_dim=io.action_dim, num_action_spaces=io.num_action_spaces,

@@ -46,10 +46,9 @@ import orbax.checkpoint as ocp
 
 from vla_jax.data.specs import ACTION_SPACE_IDS
 from vla_jax.errors import CheckpointError, ConfigError
-from vla_jax.inference import bundle as bundle_lib
 from vla_jax.observation import IOShapes
 from vla_jax.tokenizers import build
-from vla_jax.training import checkpoint
+from vla_jax.training import checkpoint, release_layout
 from vla_jax.training.optimizer import param_path
 
 REPORT_FILE = "init_report.json"
@@ -78,22 +77,20 @@ class Source:
 def open_source(path: str | pathlib.Path, step: int = 0) -> Source:
     """The source of ``init.source``: a release (verified) or a workdir's checkpoint; CheckpointError otherwise."""
     root = pathlib.Path(path).expanduser().absolute()
-    if bundle_lib.is_release(root):
-        from vla_jax.inference import release
-
+    if release_layout.is_release(root):
         if step:
             raise ConfigError(f"config key 'init.step' is {step}; init.source {root} is a release (one step): use 0")
-        summary = release.verify(root)
+        summary = release_layout.verify(root)
         read = lambda name: json.loads((root / name).read_text())  # noqa: E731
         return Source(
-            root, int(summary["step"]), root / release.PARAMS_DIR, summary["parameters_from"], read("config.json"),
+            root, int(summary["step"]), root / release_layout.PARAMS_DIR, summary["parameters_from"], read("config.json"),
             read("dataset_statistics.json"), read("policy.json"),
-            {p.name: p.read_bytes() for p in sorted((root / release.TOKENIZER_DIR).iterdir())},
+            {p.name: p.read_bytes() for p in sorted((root / release_layout.TOKENIZER_DIR).iterdir())},
         )  # fmt: skip
     directory = root / "checkpoints"
     if not directory.is_dir():
         raise CheckpointError(
-            f"init.source {root} is neither a release (no {bundle_lib.RELEASE_FILE}) nor a training workdir "
+            f"init.source {root} is neither a release (no {release_layout.RELEASE_FILE}) nor a training workdir "
             "(no checkpoints/)"
         )
     ckpt = checkpoint.Checkpointer(directory, max_to_keep=1, save_interval_steps=1, read_only=True)

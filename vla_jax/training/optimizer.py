@@ -6,7 +6,7 @@ decay to ``end_lr``; "rsqrt": warmup then ``peak_lr * sqrt(warmup / step)``;
 ``warmup_steps``, ``clip_norm``, ``b1``, ``b2``, ``weight_decay`` (not on
 vectors: norms, biases), ``freeze`` (a regex; parameters whose path, joined by
 ``/``, matches it get no update and no optimizer state; or a preset name of
-``FREEZE_PRESETS``: ``vision``, ``backbone``, ``all_but_expert``).
+``FREEZE_PRESETS``: ``vision``, ``backbone``, ``all_but_expert``, ``all_but_lora``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def optimizer_config(**overrides) -> ml_collections.ConfigDict:
     c.b1 = 0.9
     c.b2 = 0.95
     c.weight_decay = 1e-10
-    c.freeze = ""  # a preset ("vision", "backbone", "all_but_expert") or a regex over parameter paths, e.g. "^vit/"
+    c.freeze = ""  # a preset (see FREEZE_PRESETS) or a regex over parameter paths, e.g. "^vit/"
     c.update(overrides)
     return c
 
@@ -74,6 +74,7 @@ FREEZE_PRESETS = {
     "vision": r"^(vit|image_proj)/",  # the image encoder and its projection into the backbone
     "backbone": r"^(vit|image_proj|backbone)/|^embed$",  # the whole VLM: image encoder, backbone, token embeddings
     "all_but_expert": r"^(?!action_expert/)",  # everything but the flow-matching action expert
+    "all_but_lora": r"^(?!.*_lora/)",  # everything but the LoRA pairs (model.lora.rank > 0)
 }
 
 
@@ -108,8 +109,18 @@ def check_freeze_matches(config: ml_collections.ConfigDict, params) -> None:
         )
 
 
-def make_optimizer(config: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
-    """Clip by global norm, then AdamW; no weight decay on vectors. Frozen parameters are left out entirely."""
+def frozen_pattern(config: ml_collections.ConfigDict, also: str = "") -> str:
+    """One regex of what is frozen: ``optimizer.freeze`` (a preset or a regex) and ``also`` (e.g. LoRA's base weights)."""
+    return "|".join(f"(?:{p})" for p in (freeze_pattern(config.freeze), also) if p)
+
+
+def make_optimizer(
+    config: ml_collections.ConfigDict, num_steps: int, also_frozen: str = ""
+) -> optax.GradientTransformation:
+    """Clip by global norm, then AdamW; no weight decay on vectors. Frozen parameters are left out entirely.
+
+    ``also_frozen``: a regex of parameters frozen beside ``config.freeze`` (the weights LoRA adapts).
+    """
     trained = optax.chain(
         optax.clip_by_global_norm(config.clip_norm),
         optax.adamw(
@@ -120,7 +131,7 @@ def make_optimizer(config: ml_collections.ConfigDict, num_steps: int) -> optax.G
             mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params),
         ),
     )
-    pattern = freeze_pattern(config.freeze)
+    pattern = frozen_pattern(config, also_frozen)
     if not pattern:
         return trained
     try:

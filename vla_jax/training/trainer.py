@@ -28,6 +28,7 @@ from vla_jax.data.specs import ACTION_SPACES
 from vla_jax.data.statistics import normalize, unnormalize
 from vla_jax.errors import CheckpointError, ConfigError, VlaJaxError
 from vla_jax.files import write_atomically
+from vla_jax.models import lora as lora_lib
 from vla_jax.models.vla import VLA, build_model, dropless, uses_fast, uses_flow
 from vla_jax.observation import IOShapes
 from vla_jax.tokenizers import build
@@ -351,7 +352,7 @@ def setup(config: ml_collections.ConfigDict, devices=None) -> Setup:
     mesh = sharding.make_mesh(dict(config.mesh), devices)
     rules = tuple(tuple(r) for r in config.sharding.rules)
     data = loader.open_mixture(config.data)
-    tx = optimizer.make_optimizer(config.optimizer, config.num_steps)
+    tx = optimizer.make_optimizer(config.optimizer, config.num_steps, lora_lib.frozen_base_pattern(config.model))
     io = io_shapes(config, data)
     model_fn = functools.partial(build_model, config.model, io, config.seed)
     with sharding.logical_rules(rules):
@@ -388,7 +389,9 @@ def summarize_config(
         sharding.abstract_mesh(mesh_shape or dict(config.mesh)),
         rules=tuple(tuple(r) for r in config.sharding.rules),
         fsdp_min_bytes=config.sharding.fsdp_min_bytes,
-        optimizer=optimizer.make_optimizer(config.optimizer, config.num_steps),
+        optimizer=optimizer.make_optimizer(
+            config.optimizer, config.num_steps, lora_lib.frozen_base_pattern(config.model)
+        ),
     )
 
 
@@ -399,7 +402,8 @@ def dry_run(config: ml_collections.ConfigDict) -> dict:
     abstract_model = nnx.eval_shape(lambda: build_model(config.model, io, config.seed))
     abstract_params = nnx.to_pure_dict(nnx.state(abstract_model, nnx.Param))
     optimizer.check_freeze_matches(config.optimizer, abstract_params)
-    labels = optimizer.frozen_labels(abstract_params, optimizer.freeze_pattern(config.optimizer.freeze))
+    frozen = optimizer.frozen_pattern(config.optimizer, lora_lib.frozen_base_pattern(config.model))
+    labels = optimizer.frozen_labels(abstract_params, frozen)
     sizes = jax.tree.map(lambda p: int(np.prod(p.shape)), abstract_params)
     result["params_trainable"] = sum(
         n for n, label in zip(jax.tree.leaves(sizes), jax.tree.leaves(labels)) if label == "trained"
