@@ -14,7 +14,7 @@ Validation every ``--eval-every`` steps. Prints one JSON object:
                                    (the better of flow and FAST), or null
   full_reaches_scratch_in_half     the acceptance figure of issue 18
 
-    python benchmarks/finetune.py --source WORKDIR [--steps 600] [--eval-every 100]
+    python benchmarks/finetune.py --source WORKDIR [--steps 600] [--eval-every 100] [--only full] [--set RUN:KEY=VALUE]
 
 ``--source`` is a trained demo run (``make demo``, or ``vla-jax train --config experiments/demo.py``).
 """
@@ -22,6 +22,7 @@ Validation every ``--eval-every`` steps. Prints one JSON object:
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import pathlib
 import sys
@@ -66,7 +67,17 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--only", default="", help="comma-separated run names (default: all)")
+    parser.add_argument(
+        "--set", action="append", default=[], help="RUN:KEY=VALUE, e.g. full:optimizer.peak_lr=2e-3 (repeatable)"
+    )
     args = parser.parse_args(argv)
+    changes: dict[str, dict] = {}
+    for item in args.set:
+        run, _, assignment = item.partition(":")
+        key, _, value = assignment.partition("=")
+        if run not in RUNS or not key or not value:
+            parser.error(f"--set {item!r}: expected RUN:KEY=VALUE with RUN in {list(RUNS)}")
+        changes.setdefault(run, {})[key] = ast.literal_eval(value) if value[:1] in "0123456789-.([{'\"" else value
 
     from vla_jax.config import load_config
     from vla_jax.training import trainer
@@ -82,6 +93,7 @@ def main(argv: list[str]) -> dict:
                 "eval_every": args.eval_every,
                 "checkpoint_every": args.steps,
                 **RUNS[name],
+                **changes.get(name, {}),
             }
             for key, value in settings.items():
                 _set(config, key, value)
@@ -95,7 +107,8 @@ def main(argv: list[str]) -> dict:
                 optimizer_bytes=dry["optimizer_bytes_per_device"],
                 wall_s=round(wall, 1),
             )
-    out = {"source": str(args.source), "steps": args.steps, "eval_every": args.eval_every, "runs": results}
+    out = {"source": str(args.source), "steps": args.steps, "eval_every": args.eval_every, "set": args.set}
+    out["runs"] = results
     if "scratch" in results:
         best = lambda r, s: min(v for v in (r["val_error_ratio"][s], r["fast_error_ratio"][s]) if v is not None)  # noqa: E731
         final = best(results["scratch"], args.steps)
