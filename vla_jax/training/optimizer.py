@@ -19,6 +19,7 @@ import ml_collections
 import optax
 
 from vla_jax.errors import ConfigError
+from vla_jax.models.lora import is_lora_path
 
 SCHEDULES = ("cosine", "rsqrt", "constant")
 
@@ -84,11 +85,18 @@ def freeze_pattern(freeze: str) -> str:
 
 
 def frozen_labels(params, pattern: str):
-    """``"frozen"`` / ``"trained"`` per parameter; frozen when ``re.search(pattern, path)``."""
+    """``"frozen"`` / ``"trained"`` per parameter; frozen when ``re.search(pattern, path)``, LoRA pairs never.
+
+    A LoRA pair exists to be trained, so a preset like ``backbone`` that covers
+    the module holding it freezes the weights beside it, not the pair.
+    """
     regex = re.compile(pattern) if pattern else None
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: "frozen" if regex and regex.search(param_path(path)) else "trained", params
-    )
+
+    def label(path, _) -> str:
+        name = param_path(path)
+        return "frozen" if regex and regex.search(name) and not is_lora_path(name) else "trained"
+
+    return jax.tree_util.tree_map_with_path(label, params)
 
 
 def check_freeze_matches(config: ml_collections.ConfigDict, params) -> None:
