@@ -7,7 +7,8 @@ and summarized on the console:
 
 - ``loaded``: its path matches ``init.load``, not ``init.reinit``, and the
   source holds it with the same shape; its values are the source's, bit for bit.
-- ``resized``: the embodiment rule below kept the part that still fits.
+- ``resized``: a router the embodiment rule below changed (rows that still fit
+  kept, a new action space's rows copied from ``init.action_space_from``).
 - ``reinitialized``: ``init.reinit`` matched it, or the embodiment rule did.
 - ``not_loaded``: ``init.load`` does not match it (fresh values).
 - ``new``: the source has no parameter of that path (a part its model lacked).
