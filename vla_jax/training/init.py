@@ -116,15 +116,15 @@ def open_source(path: str | pathlib.Path, step: int = 0) -> Source:
     )  # fmt: skip
 
 
-def source_leaves(source: Source) -> dict[str, tuple[tuple[int, ...], str]]:
-    """``path -> (shape, dtype)`` of the source's parameters, from Orbax metadata (nothing is read)."""
+def source_tree(source: Source):
+    """The source's parameter tree of Orbax array metadata (shapes and dtypes; nothing is read)."""
     try:
         metadata = ocp.StandardCheckpointHandler().metadata(source.params_dir)
     except Exception as error:  # noqa: BLE001 - any unreadable directory
         raise CheckpointError(
             f"init.source {source.path}: unreadable parameters in {source.params_dir} ({error})"
         ) from None
-    return {name: (shape, dtype) for name, shape, dtype in checkpoint.array_leaves(getattr(metadata, "tree", metadata))}
+    return getattr(metadata, "tree", metadata)
 
 
 def _flat(tree) -> dict[str, object]:
@@ -182,7 +182,8 @@ def initialize(
     init: ml_collections.ConfigDict, source: Source, fresh_params: dict, io: IOShapes, new_action_spaces: list[str]
 ) -> tuple[dict, dict]:
     """``fresh_params`` with ``source``'s values put in as ``config.init`` says; and the report."""
-    there = source_leaves(source)
+    tree = source_tree(source)
+    there = {name: (shape, dtype) for name, shape, dtype in checkpoint.array_leaves(tree)}
     target_flat = _flat(fresh_params)
     target = {p: (tuple(a.shape), str(np.dtype(a.dtype))) for p, a in target_flat.items()}
     old_io = source.io
@@ -207,7 +208,7 @@ def initialize(
         for path in decisions:
             if AS_ROUTER.search(path) and decisions[path]["status"] == "loaded":
                 decisions[path] = dict(decisions[path], status="resized", why="init.action_space_from")
-    abstract = _source_abstract(source, there, target_flat, wanted)
+    abstract = _source_abstract(tree, target_flat, wanted)
     values = _flat(ocp.StandardCheckpointer().restore(source.params_dir, abstract)) if wanted else {}
     merged = {}
     for path, fresh in target_flat.items():
@@ -245,10 +246,8 @@ def initialize(
     return params, report
 
 
-def _source_abstract(source: Source, there: dict, target_flat: dict, wanted: list[str]) -> dict:
+def _source_abstract(tree, target_flat: dict, wanted: list[str]) -> dict:
     """The source's parameter tree as abstract arrays: wanted ones in their new sharding, the rest replicated."""
-    metadata = ocp.StandardCheckpointHandler().metadata(source.params_dir)
-    tree = getattr(metadata, "tree", metadata)
     wanted_set = set(wanted)
     any_target = next(iter(target_flat.values()))
     replicated = jax.sharding.NamedSharding(any_target.sharding.mesh, jax.sharding.PartitionSpec())
