@@ -3,8 +3,11 @@
 Trains ``experiments/finetune_demo.py`` (the demo task recorded by a robot with
 absolute targets and one camera) for the same number of steps three ways:
 ``scratch`` (no init.source, the demo's from-scratch learning rate),
-``full`` (every parameter trained from the source) and ``lora`` (rank-16 LoRA
-pairs on the backbone, the rest frozen: ``optimizer.freeze=all_but_lora``).
+``full`` (every parameter trained from the source; the new action space shares
+the trained space's AS expert), ``copy`` (the same, with the new action space
+on a copy of that expert: ``init.action_space_expert="copy"``) and ``lora``
+(rank-16 LoRA pairs on the backbone, the rest frozen:
+``optimizer.freeze=all_but_lora``).
 Validation every ``--eval-every`` steps. Prints one JSON object:
 
   runs.<name>.val_error_ratio      validation error / mean-action baseline at each evaluation (flow expert)
@@ -39,6 +42,7 @@ RUNS = {  # settings over experiments/finetune_demo.py
         "optimizer.warmup_steps": 50,
     },
     "full": {},
+    "copy": {"init.action_space_expert": "copy", "model.expert.moe.as_experts": 4},  # full, with an AS expert copy
     "lora": {"model.lora.rank": 16, "optimizer.freeze": "all_but_lora", "optimizer.peak_lr": 2e-3},
 }
 

@@ -46,6 +46,8 @@ REFUSED = [
     ("init.load=vit/(", None),
     ("init.reinit=[", None),
     ("init.action_space_from=joints", None),
+    ("init.action_space_expert=new", None),
+    ("init.action_space_expert=copy", None),  # copy which expert? init.action_space_from is empty
     ("model.lora.rank=-1", None),
     ("model.lora.alpha=0", None),
     ("model.lora.targets=()", None),
@@ -207,6 +209,7 @@ REFUSED = [
 # (override of demo.py, a warning it must give; None: no warning)
 ACCEPTED = [
     ("init.load=^(vit|image_proj)/", None),
+    ("init.action_space_expert=share", None),
     ("optimizer.freeze=all_but_expert", None),
     ("model.lora.rank=8", None),
     ("closed_loop.env=demo", None),

@@ -126,6 +126,35 @@ def test_a_new_embodiment_gets_new_statistics_and_a_routed_action_space(source, 
         np.testing.assert_array_equal(params[path][old], source_params[path][old])
 
 
+def test_a_new_action_space_can_get_a_copy_of_the_trained_spaces_expert(source, tmp_path):
+    overrides = (
+        f"init.source={source}",
+        "init.action_space_from=eef_delta_xyz",
+        "init.action_space_expert=copy",
+        "data.mixture=vla_demo_absolute",
+        "data.cameras=('primary',)",
+    )
+    with pytest.raises(ConfigError, match=r"model\.expert\.moe\.as_experts' is 3; .* set it to 4"):
+        _started(debug_config(*overrides), tmp_path / "three")
+    params, report = _started(debug_config(*overrides, "model.expert.moe.as_experts=4"), tmp_path / "four")
+    source_params = _source_params(source)
+    copies = report["action_spaces"]["expert_copies"]
+    assert report["action_spaces"]["expert"] == "copy" and len(copies) == 2  # the debug plan: two AS blocks
+    new, old = ACTION_SPACE_IDS["eef_absolute"], ACTION_SPACE_IDS["eef_delta_xyz"]
+    for block, picked in copies.items():
+        (original,) = picked.values()
+        assert list(picked) == ["3"] and report["parameters"][block + "router"]["status"] == "resized"
+        for name in ("gate", "up", "down"):
+            path = f"{block}experts/{name}"
+            assert report["parameters"][path]["status"] == "resized"
+            np.testing.assert_array_equal(params[path][:3], source_params[path])
+            np.testing.assert_array_equal(params[path][3], source_params[path][original])
+        router, source_router = params[block + "router"], source_params[block + "router"]
+        logits = router[new] + router[len(ACTION_SPACE_IDS) :].sum(axis=0)  # the new space, all 4 dims on
+        assert np.argmax(logits) == 3 and router[new, 3] == source_router[old, original]
+        np.testing.assert_array_equal(router[old, :3], source_router[old])
+
+
 def test_a_release_is_a_source_and_bad_sources_are_config_errors(source, tmp_path):
     out = tmp_path / "release"
     release.export(source, out)

@@ -429,6 +429,7 @@ def field_rules() -> dict[str, Rule]:
         "init.load": Regex(),
         "init.reinit": Regex(note="'' re-initializes nothing"),
         "init.action_space_from": Choice(("", *(space.name for space in ACTION_SPACES)), note='"": none'),
+        "init.action_space_expert": Choice(("share", "copy")),
         # Model (vla_jax.models.presets).
         "model.mode": Choice(MODES),
         "model.dtype": Choice(tuple(DTYPES)),
@@ -635,6 +636,16 @@ def _check_schedule(config, ctx: Context) -> list[str]:
     return warnings
 
 
+def _check_init(config, ctx: Context) -> list[str]:
+    if config.init.action_space_expert == "copy" and not config.init.action_space_from:
+        raise _fail(
+            "init.action_space_expert",
+            "copy",
+            '"share", or "copy" with init.action_space_from naming the trained action space whose expert is copied',
+        )
+    return []
+
+
 def _check_closed_loop(config, ctx: Context) -> list[str]:
     from vla_jax.envs import registry
     from vla_jax.models.vla import uses_fast, uses_flow
@@ -800,6 +811,7 @@ def _check_tokenizer(config, ctx: Context) -> list[str]:
 CROSS_CHECKS: tuple[Callable[[ml_collections.ConfigDict, Context], list[str]], ...] = (
     _check_batch_and_mesh,
     _check_schedule,
+    _check_init,
     _check_closed_loop,
     _check_data_against_specs,
     _check_model_shapes,

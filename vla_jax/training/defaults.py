@@ -42,7 +42,8 @@ def run_config(**overrides) -> ml_collections.ConfigDict:
     c.init.step = 0  # the workdir's checkpoint step; 0: its latest
     c.init.load = ".*"  # parameters taken from the source, by path (e.g. "backbone/layers/0/attention/query")
     c.init.reinit = ""  # parameters started fresh although the source has them; "": none
-    c.init.action_space_from = ""  # a trained action space whose router rows a new action space copies
+    c.init.action_space_from = ""  # a trained action space a new action space starts like (its AS expert)
+    c.init.action_space_expert = "share"  # "share" that expert, or "copy" it into a new AS expert of its own
 
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1, "expert": 1})
     c.sharding = ml_collections.ConfigDict()

@@ -7,8 +7,8 @@ and summarized on the console:
 
 - ``loaded``: its path matches ``init.load``, not ``init.reinit``, and the
   source holds it with the same shape; its values are the source's, bit for bit.
-- ``resized``: a router the embodiment rule below changed (rows that still fit
-  kept, a new action space's rows copied from ``init.action_space_from``).
+- ``resized``: an AS-MoE router or expert stack the embodiment rule below
+  changed (what still fits kept, the rest copied or fresh).
 - ``reinitialized``: ``init.reinit`` matched it, or the embodiment rule did.
 - ``not_loaded``: ``init.load`` does not match it (fresh values).
 - ``new``: the source has no parameter of that path (a part its model lacked).
@@ -21,9 +21,16 @@ The embodiment rule. When the action dim differs from the source's, the action
 expert's action input and output projections are re-initialized and each
 action-space router keeps its rows for the action spaces and the dims both
 have (the rest start fresh). When the new data brings an action space the
-source never trained on, ``init.action_space_from`` names a trained one whose
-router rows it copies, so its samples go to the same AS expert; left empty,
-the new space keeps its fresh (untrained) row.
+source never trained on, ``init.action_space_from`` names a trained one it
+starts like. With ``init.action_space_expert="share"`` (the default) the new
+space's router rows copy the trained space's, so its samples go to the same
+AS expert. With ``"copy"`` each new space gets an AS expert of its own
+(``model.expert.moe.as_experts`` = the source's plus one per new space), a
+copy of the expert the trained space routes to; the router sends the new space
+to the copy with the trained space's weight and keeps every other space off
+it (a logit margin of ``SUPPRESS``), so the source's spaces route as before.
+Left empty, a new space keeps its fresh (untrained) router row. Only the AS
+blocks' routers see the action space; HB routers load as they are.
 
 The source's text tokenizer always comes along (token embeddings mean nothing
 without it), and its action tokenizer too when it fits the new chunks
@@ -47,6 +54,7 @@ import orbax.checkpoint as ocp
 
 from vla_jax.data.specs import ACTION_SPACE_IDS
 from vla_jax.errors import CheckpointError, ConfigError
+from vla_jax.models import moe
 from vla_jax.observation import IOShapes
 from vla_jax.tokenizers import build
 from vla_jax.training import checkpoint, release_layout
@@ -54,7 +62,8 @@ from vla_jax.training.optimizer import param_path
 
 REPORT_FILE = "init_report.json"
 ACTION_PROJECTIONS = re.compile(r"^action_expert/(action_in|action_out)/")
-AS_ROUTER = re.compile(r"^action_expert/.*/router$")
+AS_BLOCK = "action_expert/decoder/layers/{}/ffn/"
+SUPPRESS = 30.0  # router logit margin that keeps a copied AS expert to its own action space (e^-30 of the weight)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,18 +140,32 @@ def _flat(tree) -> dict[str, object]:
     return {param_path(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
+def as_blocks(model: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """Path prefixes of the action expert's AS-MoE blocks, by the model's plan (their routers see the action space)."""
+    plan_ = tuple(model.expert.plan) or moe.default_plan(model.backbone.depth)
+    return tuple(AS_BLOCK.format(i) for i, kind in enumerate(plan_) if kind == "as")
+
+
 def plan(
     init: ml_collections.ConfigDict,
     target: dict[str, tuple[tuple[int, ...], str]],
     source: dict[str, tuple[tuple[int, ...], str]],
     *,
     action_dim_changed: bool,
+    as_blocks: tuple[str, ...] = (),
+    new_experts: int = 0,
 ) -> dict[str, dict]:
-    """What happens to each target parameter (see the module docstring); raises on an uncovered shape mismatch."""
+    """What happens to each target parameter (see the module docstring); raises on an uncovered shape mismatch.
+
+    ``as_blocks``: the AS-MoE blocks' path prefixes (:func:`as_blocks`); ``new_experts``: how many AS experts
+    each of them gains (``init.action_space_expert="copy"``).
+    """
     load, reinit = re.compile(init.load), re.compile(init.reinit) if init.reinit else None
+    as_routers = {block + "router" for block in as_blocks}
     decisions, mismatched = {}, []
     for path, (shape, _) in target.items():
         there = source.get(path)
+        as_experts = path.startswith(tuple(block + "experts/" for block in as_blocks))
         if reinit is not None and reinit.search(path):
             status, why = "reinitialized", "init.reinit"
         elif not load.search(path):
@@ -151,8 +174,10 @@ def plan(
             status, why = "new", "not in the source"
         elif action_dim_changed and ACTION_PROJECTIONS.search(path):
             status, why = "reinitialized", "the action dim changed"
-        elif action_dim_changed and AS_ROUTER.search(path):
-            status, why = "resized", "the action dim changed: rows of the shared action spaces and dims kept"
+        elif path in as_routers and (action_dim_changed or new_experts):
+            status, why = "resized", "rows of the shared action spaces and dims kept, columns of the kept experts"
+        elif as_experts and new_experts and tuple(shape) == (there[0][0] + new_experts, *there[0][1:]):
+            status, why = "resized", f"{there[0][0]} experts kept, {new_experts} added (init.action_space_expert)"
         elif tuple(there[0]) != tuple(shape):
             mismatched.append(f"{path} is {tuple(there[0])} in the source, {tuple(shape)} here")
             continue
@@ -169,27 +194,83 @@ def plan(
 
 
 def _router_rows(fresh: np.ndarray, old: np.ndarray, copies: dict[int, int]) -> np.ndarray:
-    """A router ``[spaces + dims, experts]``: the old rows that fit, then each new space copying a trained one."""
+    """An AS router ``[spaces + dims, experts]``: the old rows and columns that fit, then each new space copying a
+    trained one's row."""
     rows = fresh.copy()
     shared = min(fresh.shape[0], old.shape[0])  # every space row (they come first), and the dims both widths have
-    rows[:shared] = old[:shared]
+    rows[:shared, : old.shape[1]] = old[:shared]
     for new, trained in copies.items():
         rows[new] = rows[trained]
     return rows
 
 
+def _add_space_experts(
+    rows: np.ndarray, num_spaces: int, new_spaces: dict[int, tuple[int, int]], first_new: int
+) -> dict[int, int]:
+    """Gives each new action space an AS expert of its own in ``rows`` (an AS router, changed in place).
+
+    ``new_spaces`` maps a new space's id to ``(trained space id, its action dim)``; its row is already a copy of
+    the trained space's (:func:`_router_rows`). Expert ``first_new + k`` takes over, for the k-th new space, the
+    role of the expert the trained space routes to (with the new space's action-dim mask): the same logit for
+    that space, the same dim rows; the expert it replaces, and the new one for every other space, sit
+    ``SUPPRESS`` below, so other spaces route as before. Returns ``{new expert: the expert it copies}``.
+    """
+    copied = {}
+    dims = rows[num_spaces:]
+    for k, (space, (trained, action_dim)) in enumerate(sorted(new_spaces.items())):
+        column = first_new + k
+        logits = rows[trained, :first_new] + dims[:action_dim, :first_new].sum(axis=0)
+        original = int(np.argmax(logits))
+        rows[num_spaces:, column] = rows[num_spaces:, original]
+        rows[:num_spaces, column] = rows[:num_spaces, original] - SUPPRESS
+        rows[space, column] = rows[trained, original]
+        rows[space, original] = rows[trained, original] - SUPPRESS
+        copied[column] = original
+    return copied
+
+
+def _check_expert_count(init, target: dict, there: dict, blocks: tuple[str, ...], new_spaces: list[str]) -> int:
+    """How many AS experts each AS block gains; ConfigError when ``model.expert.moe.as_experts`` does not fit."""
+    gate = next((block + "experts/gate" for block in blocks if block + "experts/gate" in there), None)
+    if gate is None or gate not in target:
+        return 0
+    have, source = target[gate][0][0], there[gate][0][0]
+    if init.action_space_expert == "copy":
+        if have != source + len(new_spaces):
+            raise ConfigError(
+                f"config key 'model.expert.moe.as_experts' is {have}; init.action_space_expert='copy' gives each new "
+                f"action space {new_spaces} an expert of its own: set it to {source + len(new_spaces)} (the "
+                f"source's {source} plus {len(new_spaces)})"
+            )
+        return len(new_spaces)
+    if have != source:
+        raise ConfigError(
+            f"config key 'model.expert.moe.as_experts' is {have}; the source has {source} AS experts: use "
+            f"{source}, or init.action_space_expert='copy' to add one per new action space"
+        )
+    return 0
+
+
 def initialize(
-    init: ml_collections.ConfigDict, source: Source, fresh_params: dict, io: IOShapes, new_action_spaces: list[str]
+    init: ml_collections.ConfigDict,
+    source: Source,
+    fresh_params: dict,
+    io: IOShapes,
+    action_spaces: dict[str, int],
+    blocks: tuple[str, ...] = (),
 ) -> tuple[dict, dict]:
-    """``fresh_params`` with ``source``'s values put in as ``config.init`` says; and the report."""
+    """``fresh_params`` with ``source``'s values put in as ``config.init`` says; and the report.
+
+    ``action_spaces``: the new data's action spaces and the action dim of each; ``blocks``: :func:`as_blocks`.
+    """
     tree = source_tree(source)
     there = {name: (shape, dtype) for name, shape, dtype in checkpoint.array_leaves(tree)}
     target_flat = _flat(fresh_params)
     target = {p: (tuple(a.shape), str(np.dtype(a.dtype))) for p, a in target_flat.items()}
     old_io = source.io
     action_dim_changed = old_io.action_dim != io.action_dim
-    decisions = plan(init, target, there, action_dim_changed=action_dim_changed)
     trained_spaces = sorted({e["action_space"] for e in source.policy.get("embodiments", {}).values()})
+    untrained = [s for s in sorted(action_spaces) if s not in trained_spaces]
     copies: dict[int, int] = {}
     if init.action_space_from:
         if init.action_space_from not in trained_spaces:
@@ -197,29 +278,46 @@ def initialize(
                 f"config key 'init.action_space_from' is {init.action_space_from!r}; the source trained on the "
                 f"action spaces {trained_spaces}"
             )
-        copies = {
-            ACTION_SPACE_IDS[s]: ACTION_SPACE_IDS[init.action_space_from]
-            for s in new_action_spaces
-            if s not in trained_spaces
-        }
+        copies = {ACTION_SPACE_IDS[s]: ACTION_SPACE_IDS[init.action_space_from] for s in untrained}
+    new_experts = _check_expert_count(init, target, there, blocks, untrained) if init.action_space_from else 0
+    decisions = plan(
+        init, target, there, action_dim_changed=action_dim_changed, as_blocks=blocks, new_experts=new_experts
+    )
+    if copies:  # AS routers of a new action space are rewritten even where they are otherwise loaded as they are
+        for path in (block + "router" for block in blocks):
+            if decisions.get(path, {}).get("status") == "loaded":
+                decisions[path] = dict(decisions[path], status="resized", why="init.action_space_from")
     # Read what is used, each array straight into the sharding its parameter has in the new run.
     wanted = [p for p, d in decisions.items() if d["status"] in ("loaded", "resized")]
-    if copies:  # routers of a new action space are rewritten even where they are otherwise loaded as they are
-        for path in decisions:
-            if AS_ROUTER.search(path) and decisions[path]["status"] == "loaded":
-                decisions[path] = dict(decisions[path], status="resized", why="init.action_space_from")
     abstract = _source_abstract(tree, target_flat, wanted)
     values = _flat(ocp.StandardCheckpointer().restore(source.params_dir, abstract)) if wanted else {}
+    host = lambda a: np.asarray(jax.device_get(a))  # noqa: E731
+    resized: dict[str, np.ndarray] = {}
+    expert_copies: dict[str, dict[int, int]] = {}  # AS block -> {new expert: the expert it copies}
+    for block in blocks:
+        path = block + "router"
+        if decisions.get(path, {}).get("status") != "resized":
+            continue
+        old = host(values[path])
+        rows = _router_rows(host(target_flat[path]), old, copies)
+        if new_experts:
+            spaces = {
+                ACTION_SPACE_IDS[s]: (ACTION_SPACE_IDS[init.action_space_from], action_spaces[s]) for s in untrained
+            }
+            expert_copies[block] = _add_space_experts(rows, io.num_action_spaces, spaces, first_new=old.shape[1])
+        resized[path] = rows
+    for path, d in decisions.items():
+        if d["status"] == "resized" and path not in resized:  # an AS block's experts, grown by copies
+            block = path[: path.index("experts/")]
+            old = host(values[path])
+            resized[path] = np.concatenate([old, old[[expert_copies[block][c] for c in sorted(expert_copies[block])]]])
     merged = {}
     for path, fresh in target_flat.items():
         status = decisions[path]["status"]
         if status == "loaded":
             merged[path] = values[path]
         elif status == "resized":
-            rows = _router_rows(
-                np.asarray(jax.device_get(fresh)), np.asarray(jax.device_get(values[path])), copies
-            )  # fmt: skip
-            merged[path] = jax.device_put(rows.astype(fresh.dtype), fresh.sharding)
+            merged[path] = jax.device_put(resized[path].astype(fresh.dtype), fresh.sharding)
         else:
             merged[path] = fresh
     params = jax.tree_util.tree_map_with_path(lambda path, _: merged[param_path(path)], fresh_params)
@@ -235,10 +333,10 @@ def initialize(
         "action_dim": {"source": old_io.action_dim, "new": io.action_dim},
         "action_spaces": {
             "source": trained_spaces,
-            "new": sorted(new_action_spaces),
-            "routed_like": {s: init.action_space_from for s in new_action_spaces if s not in trained_spaces}
-            if copies
-            else {},
+            "new": sorted(action_spaces),
+            "routed_like": {s: init.action_space_from for s in untrained} if copies else {},
+            "expert": init.action_space_expert if copies else "",
+            "expert_copies": {block: {str(c): e for c, e in sorted(m.items())} for block, m in expert_copies.items()},
         },
         "parameters": decisions,
         "unused": unused,
@@ -287,5 +385,6 @@ def format_report(report: dict) -> str:
     line = f"vla_jax: init from {report['source']} (step {report['step']}, {report['parameters_from']}): {counts}"
     routed = report["action_spaces"]["routed_like"]
     if routed:
-        line += "; new action spaces routed like " + ", ".join(f"{a} -> {b}" for a, b in routed.items())
+        how = "to a copy of its AS expert" if report["action_spaces"]["expert"] == "copy" else "like"
+        line += f"; new action spaces routed {how} " + ", ".join(f"{a} -> {b}" for a, b in routed.items())
     return line + f"; details in {REPORT_FILE}"

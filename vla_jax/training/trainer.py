@@ -617,9 +617,13 @@ def initialize_from_source(
     The report goes to the console and ``workdir/init_report.json``.
     """
     found = embodiment.embodiments(run.data, config.data)
-    new_spaces = sorted({e.action_space for e in found.values()})
+    by_width = sorted(found.values(), key=lambda e: e.action_dim)  # a space of two datasets: the wider one's dims
+    action_spaces = {e.action_space: e.action_dim for e in by_width}
     source = init_lib.open_source(config.init.source, config.init.step)
-    params, report = init_lib.initialize(config.init, source, train_state["params"], run.io, new_spaces)
+    blocks = init_lib.as_blocks(config.model) if uses_flow(config.model.mode) else ()
+    params, report = init_lib.initialize(
+        config.init, source, train_state["params"], run.io, action_spaces, blocks
+    )  # fmt: skip
     start_files = init_lib.tokenizer_files(source, config, run.io.action_dim, uses_fast(config.model.mode))
     report["tokenizers"] = {
         name: "source" if name in start_files else "new" for name in (build.TEXT_FILE, build.ACTION_FILE)
