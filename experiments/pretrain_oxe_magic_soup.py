@@ -10,8 +10,11 @@ parameters, AdamW moments and EMA (about 1.4 GiB; `--dry-run` prints it).
 Budget: 200k steps x 1024 examples = 205M examples, about 3 passes over the
 ~60M frames of the 25 magic-soup datasets; 10k warmup steps, cosine from 5e-5
 to 5e-6. Set `data.data_dir` to where the RLDS datasets live (a gs:// bucket
-in the pod's region) and, to start from PaliGemma weights, the PaliGemma
-sentencepiece file as `tokenizer.text_model`.
+in the pod's region). To start from PaliGemma's weights and tokenizer, convert
+them (`vla-jax convert paligemma_npz pt_224.npz --out weights/paligemma
+--tokenizer tokenizer.model`) and set `init.source=weights/paligemma`: the ViT
+and backbone load, the action expert starts fresh, and the text model comes
+with the weights.
 
     launch/tpu_pod.sh --name vla-pretrain --zone us-east5-a --type v5p-128 \
         -- vla-jax train --config experiments/pretrain_oxe_magic_soup.py --workdir gs://BUCKET/runs/pretrain

@@ -23,6 +23,7 @@ STAGES = {
     "models": "models",
     "training": "training",
     "validation": "training",
+    "convert": "convert",
     "inference": "inference",
     "evaluation": "evaluation",
     "cli": "commands",
@@ -34,9 +35,21 @@ ALLOWED = {
     "data": {"core", "envs", "tokenizers", "data"},
     "models": {"core", "models"},
     "training": {"core", "envs", "tokenizers", "data", "models", "training"},
+    "convert": {"core", "tokenizers", "data", "models", "training", "convert"},
     "inference": {"core", "envs", "tokenizers", "data", "models", "training", "inference"},
     "evaluation": {"core", "envs", "tokenizers", "data", "models", "training", "inference", "evaluation"},
-    "commands": {"core", "envs", "tokenizers", "data", "models", "training", "inference", "evaluation", "commands"},
+    "commands": {
+        "core",
+        "envs",
+        "tokenizers",
+        "data",
+        "models",
+        "training",
+        "convert",
+        "inference",
+        "evaluation",
+        "commands",
+    },
 }
 
 

@@ -7,7 +7,7 @@ import optax
 import pytest
 from flax import nnx
 
-from vla_jax.models import presets
+from vla_jax.models import moe, presets
 from vla_jax.models.action_expert import flow_time, noisy_chunks
 from vla_jax.models.vla import build_model
 from vla_jax.observation import Batch, IOShapes, example_batch
@@ -79,7 +79,8 @@ def test_every_preset_builds_with_eval_shape_and_names_every_axis(name):
         axes = variable.get_metadata().get("out_sharding")
         assert axes is not None and len(axes) == variable.get_value().ndim, variable
     expert_axes = {a for v in leaves for a in v.get_metadata()["out_sharding"]}
-    assert "expert" in expert_axes  # every preset's expert has MoE layers in its default plan
+    plan = tuple(config.expert.plan) or moe.default_plan(config.backbone.depth)
+    assert ("expert" in expert_axes) == (set(plan) != {"dense"})  # pi0's expert is dense, the others have MoE
 
 
 def test_masked_camera_and_prompt_padding_are_ignored():

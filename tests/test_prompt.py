@@ -96,12 +96,12 @@ def test_action_ids_never_collide_with_text_ids(text, fast):
     assert disjoint.vocab_size == text.vocab_size + fast.vocab_size
     # Carved out of the tail of a vocabulary the text model fills: text ids there become unknown.
     carved = PromptTokenizer(text, fast, max_length=96, vocab_size=text.vocab_size, reserved_tail=10)
-    assert carved.action_stop == text.vocab_size - 10
+    assert carved.action_range[1] == text.vocab_size - 10
     out = carved.tokenize(instructions, states, masks)
     prefix = out["prompt_tokens"][out["prompt_mask"]]
-    assert not ((prefix >= carved.action_start) & (prefix < carved.action_stop)).any()
+    assert not ((prefix >= carved.action_start) & (prefix < carved.action_range[1])).any()
     raw = np.concatenate(text.encode([f"Task: {i}" for i in instructions]))
-    assert ((raw >= carved.action_start) & (raw < carved.action_stop)).any()  # the text model does use the range
+    assert ((raw >= carved.action_start) & (raw < carved.action_range[1])).any()  # the text model does use the range
     assert (prefix == text.unk_id).any()
 
 
@@ -130,6 +130,31 @@ def test_binning_behind_the_same_prompt(text):
     prompt = PromptTokenizer(text, BinningTokenizer(10, 3), max_length=128)
     out = prompt.tokenize(instructions, states, masks, chunks)
     postfix = out["prompt_tokens"][0][out["prompt_ar_mask"][0]]
-    assert ((postfix >= prompt.action_start) & (postfix < prompt.action_stop)).sum() == 30
+    assert ((postfix >= prompt.action_start) & (postfix < prompt.action_range[1])).sum() == 30
     actions, valid = prompt.extract_actions(postfix[None])
     assert valid[0] and np.abs(actions[0] - chunks[0]).max() <= 1 / 256 + 1e-6
+
+
+def test_pi0_fast_layout_counts_action_ids_down_from_below_the_reserved_tail(text, fast):
+    """π0-FAST: action token t is id vocab - 1 - 128 - t, text ids keep their own meaning (Gemma's special ids)."""
+    assert (text.pad_id, text.eos_id, text.bos_id, text.unk_id) == (0, 1, 2, 3)
+    vocab = text.vocab_size + fast.vocab_size + 128
+    prompt = PromptTokenizer(
+        text, fast, max_length=128, vocab_size=vocab, reserved_tail=128, action_ids=fast.vocab_size, id_order="down"
+    )
+    chunks = smooth_chunks(7, 3, 10, 3)
+    tokens = fast.encode(chunks)
+    postfix = prompt.postfix(tokens[0])
+    marker = len(text.encode(["Action: "])[0])
+    assert postfix[marker : marker + len(tokens[0])] == [vocab - 1 - 128 - t for t in tokens[0]]
+    low, high = prompt.action_range
+    assert high == vocab - 128 and low == high - fast.vocab_size
+    generated = np.full((3, 128), prompt.eos, np.int32)
+    for row, ids in enumerate(tokens):
+        generated[row, : len(prompt.postfix(ids))] = prompt.postfix(ids)
+    actions, valid = prompt.extract_actions(generated)
+    reference, _ = fast.decode(tokens)
+    assert valid.all()
+    np.testing.assert_allclose(actions, reference, atol=1e-6)
+    up = PromptTokenizer(text, fast, max_length=128, vocab_size=vocab, reserved_tail=128, action_ids=fast.vocab_size)
+    assert up.postfix(tokens[0]) != postfix  # the two layouts differ

@@ -118,6 +118,15 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest complete one)")
     export.add_argument("--json", action="store_true", help="print release.json")
 
+    convert = commands.add_parser("convert", help="import released weights (PaliGemma, openpi π0 / π0-FAST)")
+    convert.add_argument("kind", help="paligemma_npz, paligemma_hf or openpi")
+    convert.add_argument("src", help="the source checkpoint file or directory")
+    convert.add_argument("--out", required=True, help="weights directory to create (must not exist, or be empty)")
+    convert.add_argument("--preset", default="", help="the target model preset (default: paligemma_himoe; openpi: pi0)")
+    convert.add_argument("--horizon", type=int, default=0, help="action chunk length (default: the preset's)")
+    convert.add_argument("--tokenizer", default="", help="the source's sentencepiece model (e.g. tokenizer.model)")
+    convert.add_argument("--json", action="store_true", help="print release.json")
+
     serve = commands.add_parser("serve", help="serve a policy over websockets (openpi's policy protocol)")
     serve.add_argument("path", help="a release directory (vla-jax export) or a training workdir")
     serve.add_argument("--step", type=int, default=None, help="with a workdir: checkpoint step (default: latest)")
@@ -255,6 +264,19 @@ def _export(args) -> None:
     text = (
         f"wrote {args.out}: step {summary['step']} ({summary['parameters_from']}), {summary['num_params']:,} params, "
         f"datasets {sorted(summary['datasets'])}, {len(summary['files'])} files"
+    )
+    _print(summary, args.json, text)
+
+
+def _convert(args) -> None:
+    from vla_jax.convert import commands
+
+    summary = commands.convert(
+        args.kind, args.src, args.out, preset=args.preset, horizon=args.horizon, tokenizer=args.tokenizer
+    )
+    text = (
+        f"wrote {args.out}: {summary['num_params']:,} params from {args.kind} {args.src}; "
+        "every tensor's fate in conversion_report.json"
     )
     _print(summary, args.json, text)
 
@@ -451,6 +473,8 @@ def main(argv: list[str] | None = None) -> int:
             _model(args, overrides)
         elif args.command == "export":
             _export(args)
+        elif args.command == "convert":
+            _convert(args)
         elif args.command == "serve":
             _serve(args)
         elif args.command == "eval":

@@ -19,3 +19,7 @@ class CheckpointError(VlaJaxError):
 
 class ObservationError(VlaJaxError):
     """A robot observation given to a policy is malformed (missing key, wrong shape, dtype or value)."""
+
+
+class ConvertError(VlaJaxError):
+    """Released weights cannot be imported: an unknown layout, a missing tensor, a wrong shape."""

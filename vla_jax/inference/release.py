@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import pathlib
-import shutil
 
 import jax
 import ml_collections
@@ -85,21 +83,14 @@ def release_summary(parts: bundle_lib.PolicyBundle) -> dict:
 
 def export(workdir: str | pathlib.Path, out: str | pathlib.Path, step: int | None = None) -> dict:
     """Writes the release of ``workdir``'s checkpoint (latest, or ``step``) to ``out``; returns its release.json."""
-    out = pathlib.Path(out).absolute()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise CheckpointError(f"--out {out} already exists and is not empty; give a new directory")
     parts = bundle_lib.load_checkpoint(workdir, step)
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
     config, params = parts.config, parts.params
     merged_lora = lora_lib.enabled(config.model.get("lora"))
     if merged_lora:  # fold each LoRA pair into its weight: the release is a plain model
         params = lora_lib.merge(jax.tree.map(np.asarray, jax.device_get(params)), config.model.lora)
         config = ml_collections.ConfigDict(config.to_dict())
         config.model.lora.rank = 0
-    try:
+    with release_layout.staging(out) as tmp:
         (tmp / "config.json").write_text(bundle_lib.json_text(config.to_dict()))
         stats = {name: s.to_json() for name, s in parts.statistics.items()}
         (tmp / "dataset_statistics.json").write_text(bundle_lib.json_text(stats))
@@ -116,17 +107,9 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path, step: int | Non
         checkpointer.save(tmp / PARAMS_DIR, host_params)
         checkpointer.wait_until_finished()
         checkpointer.close()
-        summary = dict(
-            release_summary(parts), source=str(parts.source), lora_merged=merged_lora, files=release_layout.listing(tmp)
-        )
+        summary = dict(release_summary(parts), source=str(parts.source), lora_merged=merged_lora)
         summary["num_params"] = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(host_params))
-        (tmp / bundle_lib.RELEASE_FILE).write_text(bundle_lib.json_text(summary))
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        summary = release_layout.seal(tmp, summary)
     return summary
 
 

@@ -29,6 +29,7 @@ class ActionExpert(nnx.Module):
         *,
         action_dim: int,
         num_action_spaces: int,
+        state_dim: int = 0,
         rngs: nnx.Rngs,
         dtype=jnp.float32,
         remat=None,
@@ -57,24 +58,42 @@ class ActionExpert(nnx.Module):
         self.time_mix = Dense(2 * width, width, ("mlp", "embed"), rngs=rngs, dtype=dtype)
         self.time_out = Dense(width, width, ("embed", "mlp"), rngs=rngs, dtype=dtype)
         self.action_out = Dense(width, action_dim, ("embed", None), rngs=rngs, dtype=dtype)
+        # π0's state token: the proprioceptive state, projected, first in the expert's sequence.
+        self.state_in = (
+            Dense(state_dim, width, (None, "embed"), rngs=rngs, dtype=dtype) if expert.get("state_token") else None
+        )
 
-    def __call__(self, noisy, time, context, context_mask, first_position, routing) -> tuple[jax.Array, list[dict]]:
+    def __call__(
+        self, noisy, time, context, context_mask, first_position, routing, state=None
+    ) -> tuple[jax.Array, list[dict]]:
         """Velocity (fp32) and the per-layer MoE outputs.
 
         ``context``: the backbone's per-layer keys/values; ``context_mask [B, S]``
         the context tokens the expert may see; ``first_position [B]`` the rotary
-        position of the first action token (right after the prefix).
+        position of the first expert token (right after the prefix). With a
+        state token (``model.expert.state_token``, π0), ``state [B, state_dim]``
+        is one more token before the actions: it sees the context and itself,
+        the action tokens see the context, the state and each other.
         """
         b, h, _ = noisy.shape
         actions = self.action_in(noisy)
         times = sinusoidal_embedding(time, actions.shape[-1])[:, None].astype(actions.dtype)
         mixed = jnp.concatenate([actions, jnp.broadcast_to(times, actions.shape)], axis=-1)
         x = self.time_out(jax.nn.swish(self.time_mix(mixed)))
-        positions = first_position[:, None] + jnp.arange(h)[None, :]
-        seen = jnp.broadcast_to(context_mask[:, None, :], (b, h, context_mask.shape[1]))
-        mask = jnp.concatenate([seen, jnp.ones((b, h, h), bool)], axis=2)
+        own = jnp.ones((b, h, h), bool)
+        if self.state_in is not None:
+            x = jnp.concatenate([self.state_in(state)[:, None].astype(x.dtype), x], axis=1)
+            state_row = jnp.arange(h + 1)[None, None, :] == 0  # the state token sees only itself of the suffix
+            own = jnp.concatenate([jnp.broadcast_to(state_row, (b, 1, h + 1)), jnp.ones((b, h, h + 1), bool)], axis=1)
+            routing = dict(
+                routing, token_weight=jnp.concatenate([routing["token_weight"][:, :1], routing["token_weight"]], 1)
+            )
+        n = x.shape[1]
+        positions = first_position[:, None] + jnp.arange(n)[None, :]
+        seen = jnp.broadcast_to(context_mask[:, None, :], (b, n, context_mask.shape[1]))
+        mask = jnp.concatenate([seen, own], axis=2)
         out, _, auxes = self.decoder(x, positions, mask, context=context, routing=routing)
-        return self.action_out(out).astype(jnp.float32), auxes
+        return self.action_out(out[:, n - h :]).astype(jnp.float32), auxes
 
 
 def flow_time(rng: jax.Array, batch_size: int) -> jax.Array:

@@ -227,7 +227,7 @@ class ASMoE(nnx.Module):
         self.router = param(
             rngs, nnx.initializers.normal(0.02), (num_spaces + action_dim, cfg.as_experts), (None, None)
         )
-        self.experts = Experts(cfg.as_experts, width, hidden, activation="swish", rngs=rngs, dtype=dtype)
+        self.experts = Experts(cfg.as_experts, width, hidden, activation=expert_activation(cfg), rngs=rngs, dtype=dtype)
         self.method, self.capacity_factor = cfg.as_dispatch, cfg.as_capacity_factor
         self.reg_weight, self.temperature = cfg.as_reg_weight, cfg.as_reg_temperature
 
@@ -280,9 +280,10 @@ class HBMoE(nnx.Module):
 
     def __init__(self, width: int, cfg, *, rngs, dtype=jnp.float32):
         self.router = param(rngs, nnx.initializers.normal(0.02), (width, cfg.hb_experts), ("embed", None))
-        self.experts = Experts(cfg.hb_experts, width, cfg.hb_mlp_dim, activation="swish", rngs=rngs, dtype=dtype)
+        activation = expert_activation(cfg)
+        self.experts = Experts(cfg.hb_experts, width, cfg.hb_mlp_dim, activation=activation, rngs=rngs, dtype=dtype)
         self.shared = (
-            GatedMLP(width, cfg.hb_shared_mlp_dim, activation="swish", rngs=rngs, dtype=dtype)
+            GatedMLP(width, cfg.hb_shared_mlp_dim, activation=activation, rngs=rngs, dtype=dtype)
             if cfg.hb_shared_mlp_dim
             else None
         )
@@ -320,6 +321,12 @@ def load_balancing(probs: jax.Array, ids: jax.Array, valid: jax.Array) -> tuple[
     load = jnp.einsum("bne,bn->e", assigned, w) / (count * ids.shape[-1])
     mean_prob = jnp.einsum("bne,bn->e", probs, w) / count
     return num * jnp.sum(load * mean_prob), load
+
+
+def expert_activation(moe_cfg) -> str:
+    """The gated MLPs' activation in AS and HB blocks: ``swish`` (HiMoE's SwiGLU) or ``gelu`` (GeGLU, like the
+    dense MLP of π0 that an import upcycles them from)."""
+    return moe_cfg.get("activation", "swish")
 
 
 def active_mlp_dim(kind: str, expert_cfg) -> int:

@@ -1,4 +1,5 @@
-"""Model sizes in one place: ``tiny`` (tests and the CPU demo), ``small`` (one GPU), ``paligemma_himoe`` (pods).
+"""Model sizes in one place: ``tiny`` (tests and the CPU demo), ``small`` (one GPU), ``paligemma_himoe`` (pods),
+``pi0`` (openpi's π0: PaliGemma and a dense Gemma-300M expert, for imported weights).
 
 ``model_config(name)`` gives a complete ``config.model``; experiment files
 start from one and override fields. ``default_io(name)`` gives the inputs a
@@ -12,7 +13,7 @@ import ml_collections
 from vla_jax.models.lora import lora_config
 from vla_jax.observation import IOShapes
 
-PRESETS = ("tiny", "small", "paligemma_himoe")
+PRESETS = ("tiny", "small", "paligemma_himoe", "pi0")
 
 
 def _moe(**overrides) -> ml_collections.ConfigDict:
@@ -35,6 +36,7 @@ def _moe(**overrides) -> ml_collections.ConfigDict:
     c.hb_capacity_factor = 1.25
     c.hb_balance_weight = 0.001  # per layer
     c.hb_z_loss_weight = 1e-4  # per layer
+    c.activation = "swish"  # the AS/HB experts' gated MLPs: "swish" (SwiGLU, HiMoE) or "gelu" (GeGLU, π0's MLP)
     c.update(overrides)
     return c
 
@@ -44,9 +46,9 @@ def _config(mode: str, vit: dict, backbone: dict, expert: dict, moe: dict) -> ml
     c.mode = mode  # "fast", "flow" or "fast+flow" (see vla_jax.models.vla)
     c.dtype = "float32"  # compute dtype; parameters are always fp32
     c.remat = "none"  # "none", "full" (recompute each layer) or "dots" (keep matmul outputs)
-    c.vit = ml_collections.ConfigDict(vit)
+    c.vit = ml_collections.ConfigDict({"attention_bias": False, **vit})  # SigLIP's q/k/v/out biases
     c.backbone = ml_collections.ConfigDict(backbone)
-    c.expert = ml_collections.ConfigDict(expert)
+    c.expert = ml_collections.ConfigDict({"state_token": False, **expert})  # state_token: π0's, first in the suffix
     c.expert.plan = ()  # per-layer "as" / "hb" / "dense"; empty: moe.default_plan(backbone.depth)
     c.expert.moe = _moe(**moe)
     c.lora = lora_config()  # LoRA on the backbone (vla_jax.models.lora); rank 0: off
@@ -55,6 +57,10 @@ def _config(mode: str, vit: dict, backbone: dict, expert: dict, moe: dict) -> ml
     c.flow.loss_weight = 1.0
     c.flow.knowledge_insulation = True  # fast+flow: the expert's loss does not train the backbone
     return c
+
+
+SO400M = dict(patch_size=14, width=1152, depth=27, num_heads=16, mlp_dim=4304, attention_bias=True)
+GEMMA_2B = dict(width=2048, depth=18, num_heads=8, num_kv_heads=1, head_dim=256, mlp_dim=16384)
 
 
 def model_config(name: str) -> ml_collections.ConfigDict:
@@ -76,13 +82,14 @@ def model_config(name: str) -> ml_collections.ConfigDict:
         )
     if name == "paligemma_himoe":
         # PaliGemma-3B (SigLIP So400m/14 at 224, Gemma-2B) and a Gemma-300M-shaped expert with HiMoE.
-        return _config(
-            "fast+flow",
-            vit=dict(patch_size=14, width=1152, depth=27, num_heads=16, mlp_dim=4304),
-            backbone=dict(width=2048, depth=18, num_heads=8, num_kv_heads=1, head_dim=256, mlp_dim=16384),
-            expert=dict(width=1024, mlp_dim=4096),
-            moe=dict(),
+        return _config("fast+flow", vit=SO400M, backbone=GEMMA_2B, expert=dict(width=1024, mlp_dim=4096), moe=dict())
+    if name == "pi0":
+        # openpi's π0: PaliGemma-3B and a dense Gemma-300M action expert with a state token (vla-jax convert).
+        config = _config(
+            "flow", vit=SO400M, backbone=GEMMA_2B, expert=dict(width=1024, mlp_dim=4096, state_token=True), moe=dict()
         )
+        config.expert.plan = ("dense",) * GEMMA_2B["depth"]
+        return config
     raise ValueError(f"unknown model preset {name!r}; expected one of {PRESETS}")
 
 
@@ -90,6 +97,8 @@ def default_io(name: str) -> IOShapes:
     """Inputs to summarize a preset with: two cameras, a unified 24-D action of chunk 10 (HiMoE's)."""
     if name == "paligemma_himoe":
         return IOShapes(("primary", "wrist"), 224, 257_152, 200, 24, 24, 10)
+    if name == "pi0":  # openpi's: three cameras, 48 prompt tokens, 32-D state and actions, chunks of 50
+        return IOShapes(("primary", "secondary", "wrist"), 224, 257_152, 48, 32, 32, 50)
     if name == "small":
         return IOShapes(("primary", "wrist"), 224, 4096, 96, 24, 24, 10)
     if name == "tiny":

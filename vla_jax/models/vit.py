@@ -14,7 +14,8 @@ from vla_jax.models.layers import Dense, LayerNorm, param
 class SelfAttention(nnx.Module):
     """Bidirectional multi-head attention; projections named ``(embed, heads, head_dim)``."""
 
-    def __init__(self, width: int, num_heads: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    def __init__(self, width: int, num_heads: int, *, rngs: nnx.Rngs, dtype=jnp.float32, bias: bool = False):
+        """``bias``: biases on the query, key, value and output projections (SigLIP has them)."""
         if width % num_heads:
             raise ValueError(f"vit width {width} is not divisible by num_heads {num_heads}")
         head_dim = width // num_heads
@@ -23,23 +24,40 @@ class SelfAttention(nnx.Module):
         self.query, self.key, self.value = (param(rngs, init, shape, axes) for _ in range(3))
         out_init = nnx.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)
         self.out = param(rngs, out_init, (num_heads, head_dim, width), ("heads", "head_dim", "embed"))
+        if bias:
+            zeros = nnx.initializers.zeros
+            self.query_bias, self.key_bias, self.value_bias = (
+                param(rngs, zeros, (num_heads, head_dim), ("heads", "head_dim")) for _ in range(3)
+            )
+            self.out_bias = param(rngs, zeros, (width,), ("embed",))
+        else:
+            self.query_bias = self.key_bias = self.value_bias = self.out_bias = None
         self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x.astype(self.dtype)
+
+        def project(w, b):
+            y = jnp.einsum("bnd,dhk->bnhk", x, w[...].astype(self.dtype))
+            return y if b is None else y + b[...].astype(self.dtype)
+
         q, k, v = (
-            jnp.einsum("bnd,dhk->bnhk", x, w[...].astype(self.dtype)) for w in (self.query, self.key, self.value)
+            project(w, b)
+            for w, b in ((self.query, self.query_bias), (self.key, self.key_bias), (self.value, self.value_bias))
         )
         logits = jnp.einsum("bqhk,bshk->bhqs", q, k).astype(jnp.float32) / jnp.sqrt(q.shape[-1])
         weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
         attended = jnp.einsum("bhqs,bshk->bqhk", weights, v)
-        return jnp.einsum("bqhk,hkd->bqd", attended, self.out[...].astype(self.dtype))
+        out = jnp.einsum("bqhk,hkd->bqd", attended, self.out[...].astype(self.dtype))
+        return out if self.out_bias is None else out + self.out_bias[...].astype(self.dtype)
 
 
 class EncoderBlock(nnx.Module):
-    def __init__(self, width: int, num_heads: int, mlp_dim: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    def __init__(
+        self, width: int, num_heads: int, mlp_dim: int, *, rngs: nnx.Rngs, dtype=jnp.float32, bias: bool = False
+    ):
         self.attention_norm = LayerNorm(width, rngs=rngs)
-        self.attention = SelfAttention(width, num_heads, rngs=rngs, dtype=dtype)
+        self.attention = SelfAttention(width, num_heads, rngs=rngs, dtype=dtype, bias=bias)
         self.mlp_norm = LayerNorm(width, rngs=rngs)
         self.mlp_in = Dense(width, mlp_dim, ("embed", "mlp"), rngs=rngs, dtype=dtype)
         self.mlp_out = Dense(mlp_dim, width, ("mlp", "embed"), rngs=rngs, dtype=dtype)
@@ -71,6 +89,7 @@ class ViT(nnx.Module):
         dtype=jnp.float32,
         remat=None,
         depth_input: bool = False,
+        attention_bias: bool = False,
     ):
         if image_size % patch_size:
             raise ValueError(f"image_size {image_size} is not divisible by model.vit.patch_size {patch_size}")
@@ -81,7 +100,9 @@ class ViT(nnx.Module):
             Dense(patch_size * patch_size, width, ("patch", "embed"), rngs=rngs, dtype=dtype) if depth_input else None
         )
         self.position = param(rngs, nnx.initializers.normal(0.02), (self.num_tokens, width), (None, "embed"))
-        self.blocks = nnx.List([EncoderBlock(width, num_heads, mlp_dim, rngs=rngs, dtype=dtype) for _ in range(depth)])
+        self.blocks = nnx.List(
+            [EncoderBlock(width, num_heads, mlp_dim, rngs=rngs, dtype=dtype, bias=attention_bias) for _ in range(depth)]
+        )
         self.norm = LayerNorm(width, rngs=rngs) if depth else None
         self.remat = remat
 

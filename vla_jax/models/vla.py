@@ -75,6 +75,7 @@ class VLA(nnx.Module):
         self.vit = ViT(
             io.image_size, vit.patch_size, vit.width, vit.depth, vit.num_heads, vit.mlp_dim,
             rngs=rngs, dtype=dtype, remat=remat, depth_input=bool(io.depth_cameras),
+            attention_bias=vit.get("attention_bias", False),
         )  # fmt: skip
         self.image_proj = Dense(vit.width, bb.width, ("vit_embed", "embed"), rngs=rngs, dtype=dtype)
         embed_init = nnx.initializers.normal(bb.width**-0.5)
@@ -94,7 +95,7 @@ class VLA(nnx.Module):
         if uses_flow(self.mode):
             self.action_expert = ActionExpert(
                 model.expert, bb, action_dim=io.action_dim, num_action_spaces=io.num_action_spaces,
-                rngs=rngs, dtype=dtype, remat=remat,
+                state_dim=io.state_dim, rngs=rngs, dtype=dtype, remat=remat,
             )  # fmt: skip
             self.flow_steps, self.flow_loss_weight = model.flow.num_steps, model.flow.loss_weight
             self.knowledge_insulation = model.flow.knowledge_insulation
@@ -186,7 +187,9 @@ class VLA(nnx.Module):
             if self.knowledge_insulation:
                 kvs = jax.lax.stop_gradient(kvs)
             noisy, time, target = noisy_chunks(rng, batch.actions)
-            predicted, auxes = self.action_expert(noisy, time, kvs, prefix, prefix_length, self._routing(obs))
+            predicted, auxes = self.action_expert(
+                noisy, time, kvs, prefix, prefix_length, self._routing(obs), obs.state
+            )  # fmt: skip
             weight = action_weight(batch)
             flow_mse = action_errors(predicted, target, weight)["mse"]
             squared = (jnp.square(predicted - target) * weight).sum((1, 2))
@@ -217,7 +220,7 @@ class VLA(nnx.Module):
         noise = start_noise(rng, row_seeds, self.io.action_horizon, self.io.action_dim)
 
         def velocity(x, time):
-            return self.action_expert(x, time, kvs, prefix, prefix_length, routing)[0]
+            return self.action_expert(x, time, kvs, prefix, prefix_length, routing, obs.state)[0]
 
         return euler_sample(velocity, noise, num_steps)
 

@@ -98,6 +98,7 @@ def prompt_tokenizer(
         reserved_tail=tok.reserved_tail,
         action_ids=tok.action_vocab_size if actions is not None else 0,
         state_bins=tok.state_bins,
+        id_order=tok.get("action_id_order", "up"),
     )
 
 

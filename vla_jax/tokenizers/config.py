@@ -26,6 +26,7 @@ def tokenizer_config() -> ml_collections.ConfigDict:
     )
     c.vocab_size = 0  # model vocabulary; 0: text ids + action ids. Else action ids take its tail
     c.reserved_tail = 0  # ids at the very end of the vocabulary that action ids must not use
+    c.action_id_order = "up"  # action token t is id start + t ("up"), or counts down from the top ("down": π0-FAST)
     # Prompt.
     c.max_length = 64  # prompt ids per example (prefix + postfix); longer prompts lose their end
     c.state_bins = 256  # state values are written as bin numbers over [-1, 1]

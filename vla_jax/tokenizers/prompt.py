@@ -8,7 +8,10 @@ Layout of one example (``max_length`` ids, right-padded)::
 The state is quantile-normalized, so it is cut into ``state_bins`` uniform bins
 over [-1, 1] and written as numbers; only valid (unpadded) dims are written.
 Action ids live in a reserved range of the model's vocabulary: the text model's
-ids stay below it, and a text id that would fall inside it (possible when the
+ids stay below it. Within the range, action token ``t`` is id ``start + t``
+(``id_order="up"``) or, as π0-FAST lays them out, ``top - t`` counting down
+from the range's last id (``"down"``: with PaliGemma's 257,152 ids and 128
+reserved at the tail, ``257152 - 1 - 128 - t``), and a text id that would fall inside it (possible when the
 range is carved out of a big text vocabulary's tail) becomes the unknown id, so
 the two can never be confused. Action tokens are read back from generated ids
 by id range alone, never through text.
@@ -21,6 +24,7 @@ import numpy as np
 from vla_jax.tokenizers.action_base import ActionTokenizer
 from vla_jax.tokenizers.text import SentencePieceTokenizer
 
+ID_ORDERS = ("up", "down")
 PROMPT_KEYS = ("prompt_tokens", "prompt_mask", "prompt_ar_mask", "prompt_loss_mask", "prompt_truncated")
 
 
@@ -55,6 +59,7 @@ class PromptTokenizer:
         reserved_tail: int = 0,
         action_ids: int = 0,
         state_bins: int = 256,
+        id_order: str = "up",
     ):
         self.text, self.actions = text, actions
         self.max_length, self.state_bins = max_length, state_bins
@@ -69,17 +74,38 @@ class PromptTokenizer:
                 f"vocabulary of {self.vocab_size} ids cannot hold {self.action_ids} action ids "
                 f"and {reserved_tail} reserved ids"
             )
+        if id_order not in ID_ORDERS:
+            raise ValueError(f"action id order {id_order!r}; expected one of {ID_ORDERS}")
+        self.id_order = id_order
         self.bos = [text.bos_id] if text.bos_id is not None else []
         self.eos, self.pad = text.eos_id, text.pad_id
         self._action_marker, self._end_marker = (self._text_ids(t) for t in self.text.encode(["Action: ", "|"]))
 
     @property
-    def action_stop(self) -> int:
-        return self.action_start + (self.actions.vocab_size if self.actions is not None else 0)
+    def action_range(self) -> tuple[int, int]:
+        """``[low, high)``: the model ids the action tokenizer's ids map to."""
+        used = self.actions.vocab_size if self.actions is not None else 0
+        if self.id_order == "up":
+            return self.action_start, self.action_start + used
+        top = self.action_start + self.action_ids  # one past the range's last id
+        return top - used, top
+
+    def to_model_ids(self, action_ids) -> list[int]:
+        """Action tokenizer ids to model ids."""
+        if self.id_order == "up":
+            return [self.action_start + int(i) for i in action_ids]
+        return [self.action_start + self.action_ids - 1 - int(i) for i in action_ids]
+
+    def from_model_ids(self, ids) -> list[int]:
+        """Model ids inside :attr:`action_range` back to action tokenizer ids."""
+        if self.id_order == "up":
+            return [int(i) - self.action_start for i in ids]
+        return [self.action_start + self.action_ids - 1 - int(i) for i in ids]
 
     def _text_ids(self, ids: list[int]) -> list[int]:
         """Text ids with any id inside the action range replaced by the unknown id."""
-        return [self.text.unk_id if self.action_start <= i < self.action_stop else i for i in ids]
+        low, high = self.action_range
+        return [self.text.unk_id if low <= i < high else i for i in ids]
 
     def prefixes(self, instructions, states: np.ndarray, state_masks: np.ndarray) -> list[list[int]]:
         """``[BOS] "Task: ..., State: ...;\\n"`` ids for each example."""
@@ -95,7 +121,7 @@ class PromptTokenizer:
 
     def postfix(self, action_ids: list[int]) -> list[int]:
         """``"Action: " <action ids> "|" [EOS]`` for one example's action-tokenizer ids."""
-        return [*self._action_marker, *(self.action_start + i for i in action_ids), *self._end_marker, self.eos]
+        return [*self._action_marker, *self.to_model_ids(action_ids), *self._end_marker, self.eos]
 
     def tokenize(self, instructions, states, state_masks, actions: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """A batch of prompts: ``prompt_tokens``, ``prompt_mask`` (real tokens), ``prompt_ar_mask``
@@ -133,7 +159,8 @@ class PromptTokenizer:
         """
         generated = np.asarray(generated)
         runs, terminated = [], np.zeros(len(generated), bool)
-        in_range = (generated >= self.action_start) & (generated < self.action_stop)
+        low, high = self.action_range
+        in_range = (generated >= low) & (generated < high)
         stops = set(self._end_marker[:1]) | {self.eos}
         for row, ids in enumerate(generated):
             hits = np.flatnonzero(in_range[row])
@@ -142,7 +169,7 @@ class PromptTokenizer:
                 continue
             start = hits[0]
             end = start + (np.argmin(in_range[row, start:]) if not in_range[row, start:].all() else len(ids) - start)
-            runs.append([int(i) - self.action_start for i in ids[start:end]])
+            runs.append(self.from_model_ids(ids[start:end]))
             terminated[row] = end < len(ids) and int(ids[end]) in stops
         actions, valid = self.actions.decode(runs)
         return actions, valid & terminated

@@ -7,9 +7,13 @@ anything is read, so a corrupt, partial or foreign directory is one error line.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import pathlib
+import shutil
+from collections.abc import Iterator
 
 from vla_jax.errors import CheckpointError
 
@@ -61,4 +65,34 @@ def verify(path: str | pathlib.Path) -> dict:
             raise CheckpointError(f"{root}: file {name} does not match its sha256 in {RELEASE_FILE} (corrupt)")
     if not any(name.startswith(f"{PARAMS_DIR}/") for name in listed):
         raise CheckpointError(f"{root}: {RELEASE_FILE} lists no parameter files")
+    return summary
+
+
+@contextlib.contextmanager
+def staging(out: str | pathlib.Path) -> Iterator[pathlib.Path]:
+    """A temporary directory beside ``out`` to write a release into; renamed to ``out`` when the block ends well
+    (after :func:`seal`), removed when it raises. ``out`` must not exist or be empty."""
+    out = pathlib.Path(out).absolute()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CheckpointError(f"--out {out} already exists and is not empty; give a new directory")
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if not (tmp / RELEASE_FILE).is_file():
+            raise RuntimeError(f"release {out} was staged without release_layout.seal")
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def seal(tmp: pathlib.Path, summary: dict) -> dict:
+    """Writes ``release.json``: ``summary`` plus the sha256 of every file written so far. Returns it."""
+    summary = dict(summary, files=listing(tmp))
+    (tmp / RELEASE_FILE).write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
     return summary
