@@ -102,6 +102,17 @@ def test_hugging_face_paligemma_gives_transformers_logits_and_npz_is_bit_identic
     assert report["counts"] == {"converted": len(a)}
     assert summary["num_params"] == report["source_num_params"] == sum(v.size for v in a.values())
 
+    # π0-FAST: the same PaliGemma tree under openpi's PaliGemma/ prefix, with its downward FAST ids.
+    with np.load(npz) as data:
+        tree = {"PaliGemma/" + k.removeprefix("params/"): data[k] for k in data.files}
+    fast = tmp_path / "pi0_fast"
+    commands.convert("openpi", _write_openpi(tmp_path / "openpi_fast", tree), fast)
+    parts = bundle.load(fast)
+    assert parts.config.model.mode == "fast" and parts.config.tokenizer.action_id_order == "down"
+    assert parts.config.tokenizer.reserved_tail == 128
+    d = _flat(fast)
+    assert set(d) == set(a) and all(np.array_equal(d[path], a[path]) for path in a)
+
 
 def _write_openpi(root: pathlib.Path, params: dict[str, np.ndarray], norm_stats: dict | None = None) -> pathlib.Path:
     """An openpi checkpoint directory as openpi saves one: Orbax ``params/`` with a ``params`` item, and assets."""
