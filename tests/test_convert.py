@@ -160,7 +160,7 @@ NORM_STATS = {
 }
 
 
-def test_openpi_pi0_gives_the_reference_velocity_with_its_norm_stats(tmp_path):
+def test_openpi_pi0_gives_the_reference_velocity_with_its_norm_stats(tmp_path, capsys):
     dims = pi0_reference.Pi0Dims(horizon=5)
     params = pi0_reference.openpi_params(dims, seed=0)
     source = _write_openpi(tmp_path / "pi0", params, NORM_STATS)
@@ -178,6 +178,10 @@ def test_openpi_pi0_gives_the_reference_velocity_with_its_norm_stats(tmp_path):
     assert not [k for k, v in report["source_tensors"].items() if v.startswith("unused")]
     assert report["counts"] == {"converted": len(_flat(out))}  # nothing fresh: π0's model, whole
     assert report["source_num_params"] == sum(v.size for v in params.values()) == parts.num_params
+    capsys.readouterr()
+    assert cli.main(["model", "summary", "--release", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["params_total"] == report["source_num_params"]  # vla-jax model summary: the source's count
     stats = parts.statistics["trossen"]
     np.testing.assert_allclose(stats.action.q99, 2.0)
     np.testing.assert_allclose(stats.state.mean, 0.1)

@@ -25,6 +25,8 @@ import os
 import pathlib
 import sys
 
+import ml_collections
+
 from vla_jax.errors import ConfigError, VlaJaxError
 
 CONFIG_OVERRIDE_PREFIX = "--config."
@@ -104,7 +106,8 @@ def _parser() -> argparse.ArgumentParser:
     summary = model_commands.add_parser("summary", help="parameters, FLOPs and memory per device, from shapes alone")
     source = summary.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", help="config file whose model, data shapes, tokenizer and mesh to use")
-    source.add_argument("--preset", help="a model preset (tiny, small, paligemma_himoe) with its default inputs")
+    source.add_argument("--preset", help="a model preset (tiny, small, paligemma_himoe, pi0) with its default inputs")
+    source.add_argument("--release", help="a release or converted weights directory: its model and inputs")
     summary.add_argument(
         "--mesh",
         default="",
@@ -206,6 +209,17 @@ def _model(args, overrides: list[str]) -> None:
             raise ConfigError(f"unknown preset {args.preset!r}; expected one of {presets.PRESETS}")
         mesh = sharding.abstract_mesh(mesh_shape or {"fsdp": -1})
         result = summary.summarize(presets.model_config(args.preset), presets.default_io(args.preset), mesh)
+    elif args.release:
+        from vla_jax.observation import IOShapes
+        from vla_jax.training import release_layout
+
+        if overrides:
+            raise ConfigError("--config.* overrides need --config, not --release")
+        root = pathlib.Path(args.release)
+        release_layout.verify(root)
+        config = ml_collections.ConfigDict(json.loads((root / "config.json").read_text()))
+        io = IOShapes.from_json(json.loads((root / "policy.json").read_text())["io"])
+        result = summary.summarize(config.model, io, sharding.abstract_mesh(mesh_shape or {"fsdp": -1}))
     else:
         config = config_lib.load_config(args.config, overrides)
         _validate(config, device_count=None)
