@@ -306,3 +306,29 @@ def test_render_of_a_missing_dataset_is_one_clear_error(tmp_path):
         show.render("show_missing", str(tmp_path), str(tmp_path / "x.png"))
     with pytest.raises(DataError, match="num_episodes >= 1"):
         show.render("show_missing", str(tmp_path), str(tmp_path / "x.png"), num_episodes=0)
+
+
+def _bridge_like(traj: dict) -> dict:
+    """Like bridge_v2_transform: drops the first step (a zero action) and relabels the movement dims from the
+    reached states, dropping the last: the raw action's movement dims are never read."""
+    import tensorflow as tf
+
+    state = traj["observation"]["state"]
+    move = state[2:] - state[1:-1]  # dims 0-3 from the reached states
+    sliced = tf.nest.map_structure(lambda x: x[1:-1], traj)
+    return {**sliced, "action": tf.concat([move, traj["action"][1:-1, 4:]], axis=-1)}
+
+
+def test_a_standardize_fn_that_drops_steps_keeps_the_recorded_flags_and_raw_nans_are_warned(tmp_path):
+    rng = np.random.default_rng(11)
+    _spec("check_bridge_like", standardize_fn=_bridge_like)
+    episodes = [_episode(rng, n) for n in (6, 7, 5)]
+    episodes[2]["steps"]["action"][3, 1] = np.nan  # a movement dim the relabelling recomputes
+    path = _write(tmp_path, "check_bridge_like", {"train": episodes})
+    report = check.check_dataset("check_bridge_like", str(tmp_path / "data"))
+    assert report["usable"] and report["errors"] == 0, check.format_report(report)
+    assert [p["kind"] for p in report["problems"]] == ["non_finite_raw"]  # and no bad_flags: is_first/is_last hold
+    problem = report["problems"][0]
+    assert (problem["key"], problem["episode"]) == ("action", _read_order(path).index(5))
+    assert "step 3" in problem["message"] and "standardize_fn" in problem["message"]
+    assert report["steps"] == 18  # recorded steps

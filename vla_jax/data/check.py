@@ -130,10 +130,33 @@ def _trajectory(episode: dict, spec: DatasetSpec) -> dict:
             lambda x: tf.repeat(x[None], length, axis=0), episode["episode_metadata"]
         )
     raw_length = length
+    raw = {"_raw_length": raw_length, "_raw_nonfinite": _nonfinite_steps(steps)}
+    raw.update({f"_raw_{key}": steps[key] for key in FLAG_KEYS if key in steps})  # flags as recorded
     if spec.standardize_fn is not None:
         steps = dict(spec.standardize_fn(steps))
-    steps["_raw_length"] = raw_length
+    steps.update(raw)
     return steps
+
+
+def _nonfinite_steps(steps: dict) -> dict[str, tf.Tensor]:
+    """Each raw float feature under ``action`` and ``observation`` (by path): bool ``[T]``, a NaN/inf at that step.
+
+    Checked before the spec's standardize_fn, which may recompute a key and so hide a broken raw value.
+    """
+    found = {}
+
+    def visit(node, path: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                visit(value, f"{path}/{key}")
+        elif node.dtype.is_floating:
+            flat = tf.reshape(node, [tf.shape(node)[0], -1])
+            found[path] = tf.reduce_any(~tf.math.is_finite(flat), axis=1)
+
+    for key in ("action", "observation"):
+        if key in steps:
+            visit(steps[key], key)
+    return found
 
 
 def _decodes(encoded: tf.Tensor, decode) -> tf.Tensor:
@@ -364,8 +387,9 @@ def _summarize(traj: dict, plan: _Plan, spec: DatasetSpec) -> dict:
         out[f"state/{key}"] = tf.reshape(state, [tf.shape(state)[0], -1])
     if plan.language_key:
         out["language"] = tf.reshape(lookup(traj, plan.language_key, spec), [-1])
-    for key in plan.flags:
-        out[f"flag/{key}"] = traj[key]
+    for key in plan.flags:  # as recorded: a standardize_fn that drops the first or last step keeps them right
+        out[f"flag/{key}"] = traj[f"_raw_{key}"]
+    out["raw_nonfinite"] = traj["_raw_nonfinite"]
     if plan.file_path:
         out["file_path"] = tf.reshape(traj["episode_metadata"]["file_path"], [-1])[:1]
     return out
@@ -536,7 +560,37 @@ def _check_episode(summary: dict, plan: _Plan, ranges: _Ranges, ctx: dict) -> in
                 key=plan.language_key,
             )
     _check_flags(summary, length, where, ctx)
+    _check_raw_numbers(summary, plan, where, ctx)
     return length
+
+
+def _check_raw_numbers(summary: dict, plan: _Plan, where: str, ctx: dict) -> None:
+    """NaN/inf in a raw float feature that the standardized data does not show (a warning: the recording is broken
+    although training is not; where the standardized key has them too, :func:`_check_numbers` already erred)."""
+    standardized = {f"observation/{k}": summary[f"state/{k}"] for k in plan.state_keys}
+    if plan.action_key:
+        standardized[plan.action_key] = summary["action"]
+    for path, bad in summary["raw_nonfinite"].items():
+        bad = np.asarray(bad, bool)
+        if not bad.any():
+            continue
+        if path in standardized and not np.isfinite(standardized[path]).all():
+            continue
+        why = (
+            "the standardized data does not carry it (the spec's standardize_fn recomputes it or drops those steps)"
+            if ctx["spec"].standardize_fn is not None
+            else "no model input reads it"
+        )
+        steps = np.flatnonzero(bad)
+        ctx["problems"].add(
+            "non_finite_raw",
+            WARNING,
+            f"{where}: raw feature {path!r} has NaN/inf at step {int(steps[0])} ({len(steps)} of {len(bad)} steps); "
+            f"{why}, but the recording is broken",
+            split=ctx["split"],
+            episode=ctx["episode"],
+            key=path,
+        )
 
 
 def _check_constant_dims(ranges: _Ranges, spec: DatasetSpec, total_steps: int, problems: Problems) -> None:
