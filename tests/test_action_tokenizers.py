@@ -237,3 +237,21 @@ def test_fit_checks_its_arguments():
     assert small.vocab_size < 4000
     ids = small.encode(chunks)
     assert max(max(row) for row in ids) < small.vocab_size and small.decode(ids)[1].all()
+
+
+def test_fast_pieces_span_the_zero_runs_of_a_high_dof_chunk(monkeypatch):
+    """26 dims x 30 steps: most of the 780 coefficients are high-frequency zeros; pieces longer than
+    sentencepiece's default 16 coefficients take them in far fewer tokens (benchmarks/RESULTS.md)."""
+    from vla_jax.tokenizers import fast as fast_lib
+
+    fit, held_out = smooth_chunks(0, 1000, 30, 26), smooth_chunks(1, 300, 30, 26)
+    tokenizer = FASTTokenizer.fit(fit, vocab_size=1024)
+    longest = max(int(n) for n in tokenizer._piece_len)
+    tokens = np.mean([len(row) for row in tokenizer.encode(held_out)])
+    monkeypatch.setattr(fast_lib, "MAX_PIECE_LENGTH", 16)
+    short = FASTTokenizer.fit(fit, vocab_size=1024)
+    short_tokens = np.mean([len(row) for row in short.encode(held_out)])
+    assert longest > 16 and max(int(n) for n in short._piece_len) <= 16
+    assert tokens <= 0.85 * short_tokens, (tokens, short_tokens)
+    decoded, valid = tokenizer.decode(tokenizer.encode(held_out))
+    assert valid.all() and np.abs(decoded - held_out).max() < 0.5 / 10 * np.sqrt(30 * 26)

@@ -42,6 +42,10 @@ CODE_POINT_END = 0xA000
 MAX_ALPHABET = CODE_POINT_END - CODE_POINT_BASE
 MARGIN_FRACTION = 0.1  # alphabet margin on each side of the fitted coefficient range
 MIN_MARGIN = 2
+# The longest BPE piece, in coefficients: sentencepiece's limit (its default, 16, splits the long runs of zero
+# high-frequency coefficients of a high-DoF chunk into many pieces: 1.35x the tokens of an unbounded byte-level
+# BPE at 26 dims x 30 steps; benchmarks/RESULTS.md, "Action tokenizers").
+MAX_PIECE_LENGTH = 512
 
 
 def dct_coefficients(chunks: np.ndarray, scale: float) -> np.ndarray:
@@ -88,6 +92,7 @@ def _train_bpe(sentences: list[str], vocab_size: int) -> bytes:
         unk_id=0,
         hard_vocab_limit=False,
         max_sentence_length=1 << 24,
+        max_sentencepiece_length=MAX_PIECE_LENGTH,
         num_threads=1,
         minloglevel=2,
     )
