@@ -39,14 +39,14 @@ def _params_np(train_state):
 def test_same_loss_on_every_mesh(demo_dir, tmp_path):
     assert jax.device_count() == 8
     config = debug_config("sharding.fsdp_min_bytes=0")
-    results = {}
+    results, batch_local = {}, None
     for data, fsdp in ((1, 8), (2, 4), (8, 1)):
         run = _setup(config, {"data": data, "fsdp": fsdp})
         if fsdp > 1:
             assert run.layout.replicated_fraction < 0.5  # the FSDP rule really shards
-        prompt = trainer.prepare_prompt_tokenizer(config, run.data, tmp_path)
-        batches = loader.train_batches(run.data, config.data, global_batch_size=16, seed=0, prompt=prompt)
-        batch_local = next(batches)
+        if batch_local is None:  # one batch (and one tokenizer fit) for every mesh
+            prompt = trainer.prepare_prompt_tokenizer(config, run.data, tmp_path)
+            batch_local = next(loader.train_batches(run.data, config.data, global_batch_size=16, seed=0, prompt=prompt))
         with jax.set_mesh(run.mesh), sharding.logical_rules(run.rules):
             train_state = state.init_state(run.model_fn, run.optimizer, run.layout)
             batch = loader.to_global_batch(batch_local, run.batch_sharding)

@@ -12,6 +12,7 @@ from vla_jax.models import presets
 from vla_jax.observation import IOShapes
 from vla_jax.tokenizers import build
 from vla_jax.tokenizers.text import SentencePieceTokenizer
+from vla_jax.training import release_layout
 
 PI0_FAST_RESERVED = 128  # openpi's FAST tokenizer skips the vocabulary's last 128 ids (PaliGemma's <seg> tokens)
 
@@ -39,6 +40,7 @@ def convert(
     preset = preset or DEFAULT_PRESET[kind]
     if preset not in presets.PRESETS:
         raise ConvertError(f"unknown preset {preset!r}; expected one of {presets.PRESETS}")
+    release_layout.check_out(out)  # before the (slow) read
     src = pathlib.Path(src)
     if not src.exists():
         raise ConvertError(f"{src} does not exist")

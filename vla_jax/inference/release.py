@@ -83,6 +83,7 @@ def release_summary(parts: bundle_lib.PolicyBundle) -> dict:
 
 def export(workdir: str | pathlib.Path, out: str | pathlib.Path, step: int | None = None) -> dict:
     """Writes the release of ``workdir``'s checkpoint (latest, or ``step``) to ``out``; returns its release.json."""
+    release_layout.check_out(out)  # before the (slow) load
     parts = bundle_lib.load_checkpoint(workdir, step)
     config, params = parts.config, parts.params
     merged_lora = lora_lib.enabled(config.model.get("lora"))

@@ -68,13 +68,19 @@ def verify(path: str | pathlib.Path) -> dict:
     return summary
 
 
+def check_out(out: str | pathlib.Path) -> pathlib.Path:
+    """``out`` as an absolute path, if a release can be written there (it does not exist, or is empty)."""
+    out = pathlib.Path(out).absolute()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CheckpointError(f"--out {out} already exists and is not empty; give a new directory")
+    return out
+
+
 @contextlib.contextmanager
 def staging(out: str | pathlib.Path) -> Iterator[pathlib.Path]:
     """A temporary directory beside ``out`` to write a release into; renamed to ``out`` when the block ends well
     (after :func:`seal`), removed when it raises. ``out`` must not exist or be empty."""
-    out = pathlib.Path(out).absolute()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise CheckpointError(f"--out {out} already exists and is not empty; give a new directory")
+    out = check_out(out)
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
