@@ -73,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
     metaworld.add_argument("--episodes-per-task", type=int, default=50, help="successful training episodes per task")
     metaworld.add_argument("--tasks", nargs="+", default=None, help="Meta-World v3 task names (default: MT10)")
     metaworld.add_argument("--json", action="store_true", help="print JSON")
+    convert = data_commands.add_parser("convert", help="convert a dataset of another format into RLDS + a spec")
+    convert.add_argument("format", choices=("lerobot",), help="the source's format (LeRobot v2.1 / v3.0)")
+    convert.add_argument("src", help="the source dataset directory")
+    convert.add_argument("--out", required=True, help="TFDS data dir to write NAME/1.0.0/ and NAME_spec.py into")
+    convert.add_argument("--name", default="", help="dataset name (default: from the source directory's name)")
+    convert.add_argument("--json", action="store_true", help="print JSON")
     listing = data_commands.add_parser("list", help="registered datasets and mixtures")
     listing.add_argument("--json", action="store_true", help="print JSON")
     for name, text in (
@@ -443,6 +449,18 @@ def _data(args) -> int:
         text = (
             f"wrote {result['builder_dir']}: {result['train_episodes']} training episodes ({result['train_steps']} "
             f"steps), {result['val_episodes']} validation, {result['wall_s']:.0f} s"
+        )
+        _print(result, args.json, text)
+    elif args.data_command == "convert":
+        from vla_jax.data import lerobot
+
+        result = lerobot.convert(
+            args.src, args.out, name=args.name, log=lambda line: print(line, file=sys.stderr, flush=True)
+        )
+        text = (
+            f"wrote {result['builder_dir']}: {result['episodes']} episodes, {result['steps']} steps "
+            f"({result['resumed_episodes']} resumed), {result['wall_s']:.0f} s; spec {result['spec_file']}: "
+            "confirm the fields marked CONFIRM, then put it on $VLA_JAX_SPECS"
         )
         _print(result, args.json, text)
     elif args.data_command == "list":

@@ -26,7 +26,7 @@ from vla_jax import sharding, validation
 from vla_jax.data import embodiment, loader
 from vla_jax.data.specs import ACTION_SPACES
 from vla_jax.data.statistics import normalize, unnormalize
-from vla_jax.errors import CheckpointError, ConfigError, VlaJaxError
+from vla_jax.errors import CheckpointError, ConfigError, DataError, VlaJaxError
 from vla_jax.files import write_atomically
 from vla_jax.models import lora as lora_lib
 from vla_jax.models.vla import VLA, build_model, dropless, uses_fast, uses_flow
@@ -581,6 +581,12 @@ def start(
             data, config.data, global_batch_size=config.batch_size, prompt=prompt, prompt_actions=prompt_actions
         )
         val_global = [loader.to_global_batch(b, batch_sharding) for b in val_local]
+        if not val_global:  # every validation figure would be 0 / 0: refuse rather than log a silent zero
+            names = [source.spec.name for source in data.sources]
+            raise DataError(
+                f"the validation splits of {names} give no full batch of {config.batch_size} chunks; hold out more "
+                "episodes (the spec's val_split / val_fraction) or lower config key 'batch_size'"
+            )
     batches = loader.prefetch_global_batches(
         loader.train_batches(
             data,
