@@ -20,8 +20,9 @@ from tests import hf_paligemma, pi0_reference
 from vla_jax import cli
 from vla_jax.convert import commands
 from vla_jax.convert.weights import REPORT_FILE
-from vla_jax.errors import ConvertError
+from vla_jax.errors import CheckpointError, ConvertError
 from vla_jax.inference import bundle
+from vla_jax.inference.policy import Policy
 from vla_jax.models.vla import build_model
 from vla_jax.observation import IOShapes, Observation
 from vla_jax.tokenizers import build
@@ -248,6 +249,8 @@ def test_a_converted_directory_is_a_release_that_init_source_reads_with_its_text
     assert source.tokenizers == {build.TEXT_FILE: text.model_proto}
     leaves = {name for name, *_ in checkpoint.array_leaves(init_lib.source_tree(source))}
     assert leaves == set(_flat(out))
+    with pytest.raises(CheckpointError, match="no robot .* fine-tune them on your robot's data"):
+        Policy.load(out)  # weights, not yet a policy: one clear line
     big = train_text_model([f"sentence number {i} of many words" for i in range(300)], 600)
     assert big.vocab_size > dims.vocab
     big.save(tmp_path / "big.model")

@@ -38,7 +38,7 @@ from vla_jax import sharding
 from vla_jax.data import frame_transforms
 from vla_jax.data.embodiment import Embodiment
 from vla_jax.data.statistics import normalize, unnormalize
-from vla_jax.errors import ConfigError, ObservationError
+from vla_jax.errors import CheckpointError, ConfigError, ObservationError
 from vla_jax.inference import bundle as bundle_lib
 from vla_jax.models.vla import uses_fast, uses_flow
 from vla_jax.observation import Observation
@@ -95,6 +95,12 @@ class Policy:
         pad_batch_to: int | None = None,
     ):
         self.parts, self.io, self.config = parts, parts.io, parts.config
+        if not parts.embodiments or build.TEXT_FILE not in parts.tokenizer_files:
+            missing = "no robot (dataset embodiment)" if not parts.embodiments else "no text tokenizer"
+            raise CheckpointError(
+                f"{parts.source} has {missing}: converted weights are a starting point; fine-tune them on your "
+                "robot's data (config.init.source) to get a policy (converting with --tokenizer brings the text model)"
+            )
         if pad_batch_to is not None and not 1 <= pad_batch_to <= MAX_BATCH_SIZE:
             raise ConfigError(f"pad_batch_to is {pad_batch_to}; expected an int in [1, {MAX_BATCH_SIZE}]")
         self.pad_batch_to = pad_batch_to
