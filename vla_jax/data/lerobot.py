@@ -270,7 +270,7 @@ def read_episode(source: Source, episode: Episode, task_names: dict[int, str]) -
             observation[key.removeprefix("observation.")] = values
         else:
             steps[key] = values
-    images = {}
+    images, image_shapes = {}, {}
     for key in source.cameras:
         if source.features[key]["dtype"] == "video":
             path, start = episode.videos[key]
@@ -278,11 +278,12 @@ def read_episode(source: Source, episode: Episode, task_names: dict[int, str]) -
         else:  # an image feature: PNG/JPEG bytes in the parquet ({"bytes": ..., "path": ...})
             frames = np.stack([_decode_image(cell, episode.data_file, key) for cell in table.column(key).to_pylist()])
         images[key.removeprefix("observation.")] = _jpeg(frames)
-        observation.setdefault("_shapes", {})[key.removeprefix("observation.")] = frames.shape[1:]
+        image_shapes[key.removeprefix("observation.")] = frames.shape[1:]
     task = _task(table, episode, task_names)
     return {
         "observation": observation,
         "images": images,
+        "image_shapes": image_shapes,
         "action": steps.pop("action"),
         "extra": steps,
         "task": task,
@@ -345,14 +346,13 @@ def _stage(path: pathlib.Path, episode: dict) -> None:
     """One decoded episode as an ``.npz`` (JPEG bytes as one blob per camera plus offsets), written atomically."""
     arrays = {"action": episode["action"], "timestamp": episode["timestamp"], "task": np.array(episode["task"])}
     for key, value in episode["observation"].items():
-        if key != "_shapes":
-            arrays[f"observation/{key}"] = value
+        arrays[f"observation/{key}"] = value
     for key, value in episode["extra"].items():
         arrays[f"extra/{key}"] = value
     for key, jpegs in episode["images"].items():
         arrays[f"image/{key}"] = np.frombuffer(b"".join(jpegs), np.uint8)
         arrays[f"image_offsets/{key}"] = np.cumsum([0, *map(len, jpegs)])
-        arrays[f"image_shape/{key}"] = np.asarray(episode["observation"]["_shapes"][key])
+        arrays[f"image_shape/{key}"] = np.asarray(episode["image_shapes"][key])
     tmp = path.with_name(path.name + ".partial")
     with tmp.open("wb") as f:
         np.savez(f, **arrays)
