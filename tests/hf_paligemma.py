@@ -299,7 +299,8 @@ def write_big_vision_npz(model_dir, out_path) -> pathlib.Path:
         "img/Transformer/encoder_norm/bias": sd["vit.post_layernorm.bias"],
         "img/head/kernel": sd["proj.linear.weight"].T,
         "img/head/bias": sd["proj.linear.bias"],
-        "llm/embedder/input_embedding": emb,
+        # big_vision's vocabulary ends below transformers' <image> token (and its padding rows)
+        "llm/embedder/input_embedding": emb[: cfg.get("image_token_index", cfg.get("image_token_id", len(emb)))],
         "llm/layers/attn/attn_vec_einsum/w": tstack("{}.self_attn.o_proj.weight", lambda w: w.T.reshape(h, hd, d)),
         "llm/layers/mlp/linear": tstack("{}.mlp.down_proj.weight", lambda w: w.T),
         "llm/layers/pre_attention_norm/scale": tstack("{}.input_layernorm.weight", ident),

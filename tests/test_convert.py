@@ -9,6 +9,7 @@ expert upcycled from it.
 
 import json
 import pathlib
+import shutil
 
 import jax
 import numpy as np
@@ -18,7 +19,7 @@ from flax import nnx
 
 from tests import hf_paligemma, pi0_reference
 from vla_jax import cli
-from vla_jax.convert import commands
+from vla_jax.convert import commands, paligemma
 from vla_jax.convert.weights import REPORT_FILE
 from vla_jax.errors import CheckpointError, ConvertError
 from vla_jax.inference import bundle
@@ -73,6 +74,7 @@ def test_hugging_face_paligemma_gives_transformers_logits_and_npz_is_bit_identic
     summary = commands.convert("paligemma_hf", hf_dir, out, preset="tiny")
     report = json.loads((out / REPORT_FILE).read_text())
     assert all(not fate.startswith("unused") for fate in report["source_tensors"].values()), report["source_tensors"]
+    assert "dropped" in report["source_tensors"]["language_model.model.embed_tokens.weight"]
     rng = np.random.default_rng(0)
     b, t, size = 2, 9, hf_paligemma.IMAGE_SIZE
     image = rng.integers(0, 256, (b, size, size, 3), dtype=np.uint8)
@@ -83,12 +85,15 @@ def test_hugging_face_paligemma_gives_transformers_logits_and_npz_is_bit_identic
         hf_dir, image.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0, tokens, suffix.astype(np.int64),
         np.ones((b, t), np.int64),
     )[:, hf_paligemma.N_IMG :]  # fmt: skip
-    io = IOShapes(("primary",), size, hf_paligemma.VOCAB, t, 4, 4, 2)
+    io = IOShapes(("primary",), size, hf_paligemma.IMAGE_TOKEN_ID, t, 4, 4, 2)
     model, _ = _model(out, io)
     obs = _observation(
         io, {"primary": image}, {"primary": np.ones(b, bool)}, tokens, np.ones((b, t), bool), suffix, np.zeros((b, 4))
     )
     ours = np.asarray(model.prompt_logits(obs, obs.prompt_tokens, obs.prompt_mask, obs.prompt_ar_mask))
+    # transformers' vocabulary has the <image> token last; ours (big_vision's) ends below it
+    assert ours.shape[-1] == hf_paligemma.IMAGE_TOKEN_ID == logits_hf.shape[-1] - 1
+    logits_hf = logits_hf[..., : ours.shape[-1]]
     assert np.abs(ours - logits_hf).max() <= TOLERANCE, np.abs(ours - logits_hf).max()
     assert np.abs(logits_hf).max() > 0.1  # not trivially small
 
@@ -234,6 +239,27 @@ def test_bad_sources_are_one_line_errors_and_leave_no_output(tmp_path, hf_dir, c
         assert not out.exists() and not list(tmp_path.glob(f".{out.name}*"))
     with pytest.raises(ConvertError, match="unknown kind"):
         commands.convert("llama", npz, tmp_path / "x")
+    gemma2 = tmp_path / "gemma2"
+    shutil.copytree(hf_dir, gemma2)
+    config = json.loads((gemma2 / "config.json").read_text())
+    config["text_config"]["model_type"] = "gemma2"  # PaliGemma 2: post-norms the mapping has no place for
+    (gemma2 / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConvertError, match="text_config.model_type is 'gemma2'"):
+        commands.convert("paligemma_hf", gemma2, tmp_path / "y")
+
+
+def test_bfloat16_safetensors_read_exactly(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    values = torch.randn(3, 5, dtype=torch.float32).to(torch.bfloat16)
+    save_file({"w": values, "b": torch.arange(4, dtype=torch.float16)}, str(tmp_path / "model.safetensors"))
+    tensors = paligemma.read_safetensors(tmp_path / "model.safetensors")
+    np.testing.assert_array_equal(tensors["w"], values.to(torch.float32).numpy())
+    np.testing.assert_array_equal(tensors["b"], np.arange(4, dtype=np.float32))
+    (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(ConvertError, match="not a readable safetensors file"):
+        paligemma.read_safetensors(tmp_path / "bad.safetensors")
 
 
 def test_a_converted_directory_is_a_release_that_init_source_reads_with_its_text_model(tmp_path):

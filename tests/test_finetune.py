@@ -136,6 +136,10 @@ def test_a_new_action_space_can_get_a_copy_of_the_trained_spaces_expert(source, 
     )
     with pytest.raises(ConfigError, match=r"model\.expert\.moe\.as_experts' is 3; .* set it to 4"):
         _started(debug_config(*overrides), tmp_path / "three")
+    with pytest.raises(ConfigError, match="needs the AS routers from the source"):
+        _started(debug_config(*overrides, "model.expert.moe.as_experts=4", "init.reinit=router$"), tmp_path / "r")
+    with pytest.raises(ConfigError, match=r"model\.expert\.moe\.activation' is 'gelu'; .* set it to 'swish'"):
+        _started(debug_config(f"init.source={source}", "model.expert.moe.activation=gelu"), tmp_path / "gelu")
     params, report = _started(debug_config(*overrides, "model.expert.moe.as_experts=4"), tmp_path / "four")
     source_params = _source_params(source)
     copies = report["action_spaces"]["expert_copies"]

@@ -41,6 +41,8 @@ def convert(
     if preset not in presets.PRESETS:
         raise ConvertError(f"unknown preset {preset!r}; expected one of {presets.PRESETS}")
     release_layout.check_out(out)  # before the (slow) read
+    if tokenizer and not pathlib.Path(tokenizer).is_file():
+        raise ConvertError(f"--tokenizer {tokenizer} does not exist")
     src = pathlib.Path(src)
     if not src.exists():
         raise ConvertError(f"{src} does not exist")
@@ -76,6 +78,9 @@ def convert(
         horizon or base.action_horizon,
     )  # fmt: skip
     mapped = openpi.map_pi0(tensors, model) if kind == "openpi" else paligemma.map_paligemma(tensors, model)
+    stray = [n for n in tensors if n not in mapped.sources and ("/img/" in f"/{n}" or "/llm/" in f"/{n}")]
+    if stray:  # e.g. PaliGemma 2's extra norms: the rest would convert into a model that computes something else
+        raise ConvertError(f"source tensor {stray[0]!r} has no place in the target model (another architecture?)")
     params, status = weights.assemble(mapped, model, io)
     config = weights.converted_config(model, io)
     if kind == "openpi":  # π0-FAST's action ids: down from below 128 reserved ids at the vocabulary's tail
@@ -122,6 +127,7 @@ def _himoe_for_upcycling(model) -> None:
     cfg = model.expert.moe
     hidden = model.expert.mlp_dim
     cfg.activation = "gelu"
+    cfg.hb_dispatch = "ragged"  # every token starts on experts 0..k-1: a capacity would drop most of them
     cfg.as_mlp_dim = hidden
     if hidden % cfg.hb_top_k:
         raise ConvertError(

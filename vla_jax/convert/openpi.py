@@ -172,6 +172,11 @@ def statistics(norm_stats: dict[str, dict]) -> dict[str, dict]:
         for ours, theirs in (("state", "state"), ("action", "actions")):
             if theirs not in stats:
                 raise ConvertError(f"norm stats of asset {asset!r} have no {theirs!r} entry")
+            missing = [k for k in ("mean", "std", "q01", "q99") if stats[theirs].get(k) is None]
+            if missing:
+                raise ConvertError(
+                    f"norm stats of asset {asset!r}: {theirs!r} has no {missing} (quantile mode needs them)"
+                )
             s = {k: np.asarray(stats[theirs][k], np.float32).tolist() for k in ("mean", "std", "q01", "q99")}
             entry[ours] = dict(s, min=s["q01"], max=s["q99"])
         entry["action_mask"] = [True] * len(entry["action"]["mean"])

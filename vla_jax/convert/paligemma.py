@@ -49,10 +49,36 @@ HF_PREFIXES = (  # transformers' spellings, on disk and in memory, across versio
 )
 
 
+SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "BF16": None}
+
+
+def read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
+    """Every tensor of a ``.safetensors`` file as float32 (bfloat16 included, which NumPy has no type for)."""
+    try:
+        with path.open("rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(size))
+            data = f.read()
+    except (OSError, ValueError) as error:
+        raise ConvertError(f"{path}: not a readable safetensors file ({error})") from None
+    tensors = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        dtype, shape, (start, end) = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets", (0, -1))
+        if dtype not in SAFETENSORS_DTYPES or end > len(data):
+            raise ConvertError(f"{path}: tensor {name!r} has dtype {dtype!r} or lies past the end of the file")
+        raw = np.frombuffer(data[start:end], np.uint16 if dtype == "BF16" else SAFETENSORS_DTYPES[dtype])
+        if dtype == "BF16":  # the upper half of a float32
+            raw = (raw.astype(np.uint32) << 16).view(np.float32)
+        if raw.size != int(np.prod(shape)):
+            raise ConvertError(f"{path}: tensor {name!r} holds {raw.size} values for shape {shape}")
+        tensors[name] = raw.astype(np.float32).reshape(shape)
+    return tensors
+
+
 def read_hf(directory: str | pathlib.Path) -> tuple[dict[str, np.ndarray], dict]:
     """A Hugging Face PaliGemma directory (``config.json`` + ``*.safetensors``): tensors by normalized name."""
-    from safetensors.numpy import load_file
-
     root = pathlib.Path(directory)
     files = sorted(root.glob("*.safetensors"))
     if not (root / "config.json").is_file() or not files:
@@ -60,9 +86,12 @@ def read_hf(directory: str | pathlib.Path) -> tuple[dict[str, np.ndarray], dict]
     hf_config = json.loads((root / "config.json").read_text())
     if hf_config.get("model_type") != "paligemma":
         raise ConvertError(f"{root}: config.json model_type is {hf_config.get('model_type')!r}; expected 'paligemma'")
+    text_type = (hf_config.get("text_config") or {}).get("model_type", "gemma")
+    if text_type != "gemma":  # PaliGemma 2 (Gemma 2: post-norms, soft-capping) computes something else
+        raise ConvertError(f"{root}: config.json text_config.model_type is {text_type!r}; only Gemma (PaliGemma 1)")
     tensors = {}
     for file in files:
-        for name, value in load_file(str(file)).items():
+        for name, value in read_safetensors(file).items():
             for old, new in HF_PREFIXES:
                 if name.startswith(old):
                     name = new + name[len(old) :]
@@ -117,7 +146,10 @@ def hf_to_big_vision(tensors: dict[str, np.ndarray], hf_config: dict) -> tuple[d
 
     t = "language_model.model."
     embedding = get(t + "embed_tokens.weight")
-    out["llm/embedder/input_embedding"] = embedding
+    # transformers appends <image> (at image_token_index) and padding rows to the vocabulary; big_vision's
+    # checkpoints and openpi's end below it
+    rows = int(hf_config.get("image_token_index", hf_config.get("image_token_id", embedding.shape[0])))
+    out["llm/embedder/input_embedding"] = embedding[: min(rows, embedding.shape[0])]
     model_width = embedding.shape[1]
     depth = text["num_hidden_layers"]
     layer = lambda i, name: get(f"{t}layers.{i}.{name}")  # noqa: E731
@@ -144,12 +176,14 @@ def hf_to_big_vision(tensors: dict[str, np.ndarray], hf_config: dict) -> tuple[d
     out["llm/final_norm/scale"] = get(t + "norm.weight")
     fate = {name: "read" for name in used}
     for name in tensors:
-        if name not in used:
-            fate[name] = (
-                "unused: the output layer is tied to the embedding"
-                if name == "lm_head.weight"
-                else "unused: not part of PaliGemma's ViT, projection or Gemma"
-            )
+        if name in used:
+            continue
+        if name == "lm_head.weight":
+            fate[name] = "unused: the output layer is tied to the embedding"
+        else:  # a tensor of another architecture (e.g. Gemma 2's extra norms): converting would be silently wrong
+            raise ConvertError(f"source tensor {name!r} has no place in PaliGemma's layout (another architecture?)")
+    if embedding.shape[0] > out["llm/embedder/input_embedding"].shape[0]:
+        fate[t + "embed_tokens.weight"] = f"read: rows from {rows} on (<image> and padding) dropped"
     return out, fate
 
 

@@ -446,6 +446,8 @@ def convert(
         description=f"Converted by vla-jax from the LeRobot {source.version} dataset {source.root}",
     )  # fmt: skip
     spec_file = out / f"{name}_spec.py"
+    if spec_file.exists():  # confirmed by hand, maybe: keep it, write the new guess beside it
+        spec_file = out / f"{name}_spec.generated.py"
     spec_file.write_text(spec_text(source, name, ranges))
     shutil.rmtree(staging)
     return {
@@ -496,7 +498,8 @@ def spec_text(source: Source, name: str, ranges: dict[str, tuple[np.ndarray, np.
     dims = _dim_names(source.features["action"], action_width, "a")
     low, high = ranges["action"]
     lines_notes = []
-    grippers = [i for i, d in enumerate(dims) if "gripper" in d.lower()]
+    dims = [d.replace("Gripper", "gripper").replace("GRIPPER", "gripper") for d in dims]  # the spec looks for it
+    grippers = [i for i, d in enumerate(dims) if "gripper" in d]
     convention = "none"
     for i in grippers:
         if low[i] >= 0 and high[i] <= 1:

@@ -251,6 +251,30 @@ def _check_expert_count(init, target: dict, there: dict, blocks: tuple[str, ...]
     return 0
 
 
+COMPUTATION_FIELDS = (  # model settings that change what the same parameters compute
+    ("vit", "attention_bias", False),
+    ("expert", "state_token", False),
+    ("expert.moe", "activation", "swish"),
+)
+
+
+def _check_same_computation(source: Source, model: ml_collections.ConfigDict | None) -> None:
+    """ConfigError when the run would compute something else with the source's parameters (e.g. SwiGLU experts
+    on the GeGLU weights an import upcycled), which no shape check can see."""
+    if model is None or "model" not in source.config:
+        return
+    for group, key, default in COMPUTATION_FIELDS:
+        theirs, ours = source.config["model"], model
+        for part in group.split("."):
+            theirs, ours = (theirs or {}).get(part, {}), ours.get(part, {})
+        want, have = theirs.get(key, default), ours.get(key, default)
+        if want != have:
+            raise ConfigError(
+                f"config key 'model.{group}.{key}' is {have!r}; init.source {source.path} was trained (or converted) "
+                f"with {want!r}, and its parameters compute something else under {have!r}: set it to {want!r}"
+            )
+
+
 def initialize(
     init: ml_collections.ConfigDict,
     source: Source,
@@ -258,11 +282,13 @@ def initialize(
     io: IOShapes,
     action_spaces: dict[str, int],
     blocks: tuple[str, ...] = (),
+    model: ml_collections.ConfigDict | None = None,
 ) -> tuple[dict, dict]:
     """``fresh_params`` with ``source``'s values put in as ``config.init`` says; and the report.
 
     ``action_spaces``: the new data's action spaces and the action dim of each; ``blocks``: :func:`as_blocks`.
     """
+    _check_same_computation(source, model)
     tree = source_tree(source)
     there = {name: (shape, dtype) for name, shape, dtype in checkpoint.array_leaves(tree)}
     target_flat = _flat(fresh_params)
@@ -287,6 +313,20 @@ def initialize(
         for path in (block + "router" for block in blocks):
             if decisions.get(path, {}).get("status") == "loaded":
                 decisions[path] = dict(decisions[path], status="resized", why="init.action_space_from")
+    if new_experts:
+        unread = [b + "router" for b in blocks if decisions.get(b + "router", {}).get("status") != "resized"]
+        if unread:
+            raise ConfigError(
+                f"init.action_space_expert='copy' needs the AS routers from the source (it picks the expert to copy "
+                f"by them), but {unread[0]} is {decisions[unread[0]]['status']}; let init.load match it and "
+                "init.reinit not"
+            )
+    for path in (b + "router" for b in blocks):
+        if path in decisions and path in there and there[path][0][1] > target[path][0][1]:
+            raise ConfigError(
+                f"{path} routes to {there[path][0][1]} AS experts in the source and {target[path][0][1]} here; "
+                f"set config key 'model.expert.moe.as_experts' to at least {there[path][0][1]}"
+            )
     # Read what is used, each array straight into the sharding its parameter has in the new run.
     wanted = [p for p, d in decisions.items() if d["status"] in ("loaded", "resized")]
     abstract = _source_abstract(tree, target_flat, wanted)

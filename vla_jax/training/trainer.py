@@ -628,7 +628,7 @@ def initialize_from_source(
     source = init_lib.open_source(config.init.source, config.init.step)
     blocks = init_lib.as_blocks(config.model) if uses_flow(config.model.mode) else ()
     params, report = init_lib.initialize(
-        config.init, source, train_state["params"], run.io, action_spaces, blocks
+        config.init, source, train_state["params"], run.io, action_spaces, blocks, config.model
     )  # fmt: skip
     start_files = init_lib.tokenizer_files(source, config, run.io.action_dim, uses_fast(config.model.mode))
     report["tokenizers"] = {
