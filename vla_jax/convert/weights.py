@@ -10,7 +10,6 @@ like weights.
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 
 import jax
@@ -147,21 +146,13 @@ def write(
     tokenizers: dict[str, bytes] | None = None,
 ) -> dict:
     """Writes the weights directory ``out`` (see the module docstring); returns its release.json."""
-    import orbax.checkpoint as ocp
-
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
     with release_layout.staging(out) as tmp:
-        (tmp / "config.json").write_text(_json(config.to_dict()))
-        (tmp / "dataset_statistics.json").write_text(_json(statistics or {}))
-        (tmp / "policy.json").write_text(_json({"io": io.to_json(), "embodiments": {}}))
-        (tmp / release_layout.TOKENIZER_DIR).mkdir()
-        for name, data in (tokenizers or {}).items():
-            (tmp / release_layout.TOKENIZER_DIR / name).write_bytes(data)
-        checkpointer = ocp.StandardCheckpointer()
-        checkpointer.save(tmp / release_layout.PARAMS_DIR, params)
-        checkpointer.wait_until_finished()
-        checkpointer.close()
-        (tmp / REPORT_FILE).write_text(_json(dict(report, num_params=num_params)))
+        release_layout.write_parts(
+            tmp, config=config.to_dict(), statistics=statistics or {},
+            policy={"io": io.to_json(), "embodiments": {}}, tokenizers=tokenizers or {}, params=params,
+        )  # fmt: skip
+        (tmp / REPORT_FILE).write_text(release_layout.json_text(dict(report, num_params=num_params)))
         summary = {
             "format": release_layout.FORMAT,
             "format_version": release_layout.FORMAT_VERSION,
@@ -177,7 +168,3 @@ def write(
         }
         release_layout.seal(tmp, summary)
     return summary
-
-
-def _json(data) -> str:
-    return json.dumps(data, indent=1, sort_keys=True) + "\n"

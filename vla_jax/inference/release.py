@@ -92,22 +92,18 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path, step: int | Non
         config = ml_collections.ConfigDict(config.to_dict())
         config.model.lora.rank = 0
     with release_layout.staging(out) as tmp:
-        (tmp / "config.json").write_text(bundle_lib.json_text(config.to_dict()))
-        stats = {name: s.to_json() for name, s in parts.statistics.items()}
-        (tmp / "dataset_statistics.json").write_text(bundle_lib.json_text(stats))
-        description = {
-            "io": parts.io.to_json(),
-            "embodiments": {name: e.to_json() for name, e in parts.embodiments.items()},
-        }
-        (tmp / "policy.json").write_text(bundle_lib.json_text(description))
-        (tmp / TOKENIZER_DIR).mkdir()
-        for name, data in parts.tokenizer_files.items():
-            (tmp / TOKENIZER_DIR / name).write_bytes(data)
         host_params = jax.tree.map(np.asarray, jax.device_get(params))
-        checkpointer = ocp.StandardCheckpointer()
-        checkpointer.save(tmp / PARAMS_DIR, host_params)
-        checkpointer.wait_until_finished()
-        checkpointer.close()
+        release_layout.write_parts(
+            tmp,
+            config=config.to_dict(),
+            statistics={name: s.to_json() for name, s in parts.statistics.items()},
+            policy={
+                "io": parts.io.to_json(),
+                "embodiments": {name: e.to_json() for name, e in parts.embodiments.items()},
+            },
+            tokenizers=parts.tokenizer_files,
+            params=host_params,
+        )
         summary = dict(release_summary(parts), source=str(parts.source), lora_merged=merged_lora)
         summary["num_params"] = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(host_params))
         summary = release_layout.seal(tmp, summary)

@@ -97,8 +97,30 @@ def staging(out: str | pathlib.Path) -> Iterator[pathlib.Path]:
         raise
 
 
+def json_text(data) -> str:
+    return json.dumps(data, indent=1, sort_keys=True) + "\n"
+
+
+def write_parts(
+    tmp: pathlib.Path, *, config: dict, statistics: dict, policy: dict, tokenizers: dict[str, bytes], params
+) -> None:
+    """A release's parts into ``tmp`` (see :func:`staging`): config, statistics, policy, tokenizers, Orbax params."""
+    import orbax.checkpoint as ocp
+
+    (tmp / "config.json").write_text(json_text(config))
+    (tmp / "dataset_statistics.json").write_text(json_text(statistics))
+    (tmp / "policy.json").write_text(json_text(policy))
+    (tmp / TOKENIZER_DIR).mkdir()
+    for name, data in tokenizers.items():
+        (tmp / TOKENIZER_DIR / name).write_bytes(data)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(tmp / PARAMS_DIR, params)
+    checkpointer.wait_until_finished()
+    checkpointer.close()
+
+
 def seal(tmp: pathlib.Path, summary: dict) -> dict:
     """Writes ``release.json``: ``summary`` plus the sha256 of every file written so far. Returns it."""
     summary = dict(summary, files=listing(tmp))
-    (tmp / RELEASE_FILE).write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    (tmp / RELEASE_FILE).write_text(json_text(summary))
     return summary
